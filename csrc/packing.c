@@ -1,0 +1,295 @@
+/* Artifact packing: a self-describing container of named LZ4 blocks.
+ *
+ * Header, 32 bytes, little-endian:
+ *   0 u32 magic "PRTP"  4 u16 version (1)  6 u16 flags (0)
+ *   8 u32 entry count  12 u32 index length  16 u64 data length
+ *  24 u64 XXH3-64 of the index bytes
+ * Index, one record per entry:
+ *   u16 name length, u8 method (0 stored, 1 LZ4 block), u8 reserved (0),
+ *   u64 raw size, u64 stored size, u64 XXH3-64 of the raw bytes, name.
+ * Data: the stored blocks in index order. An entry is LZ4-compressed with
+ * LZ4_compress_default unless that does not make it smaller, in which case
+ * it is stored as is; an empty entry is stored with size 0.
+ * Unpacking validates the whole index before it touches the data, and every
+ * block before the caller sees any of it. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <lz4.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "prt_core.h"
+
+#define INDEX_REC 28u
+#define MAX_NAME 255u
+#define LZ4_MAX_RATIO 255u /* an LZ4 block never expands data more than this */
+
+static int check_name(const uint8_t *name, size_t len, size_t i, prt_err *err)
+{
+    if (len == 0)
+        return prt_fail(err, PRT_E_NAME, "entry %zu: empty name", i);
+    if (len > MAX_NAME)
+        return prt_fail(err, PRT_E_NAME, "entry %zu: name longer than %u bytes", i, MAX_NAME);
+    if ((len == 1 && name[0] == '.') || (len == 2 && name[0] == '.' && name[1] == '.'))
+        return prt_fail(err, PRT_E_NAME, "entry %zu: name '%.*s' is not a file name", i, (int)len, name);
+    for (size_t k = 0; k < len; k++) {
+        if (name[k] == '/' || name[k] == '\\' || name[k] == '\0')
+            return prt_fail(err, PRT_E_NAME,
+                            "entry %zu: name contains a path separator or NUL", i);
+    }
+    return 0;
+}
+
+int prt_pack_bound(size_t n, const size_t *name_lens, const size_t *sizes,
+                   size_t *out_bound, prt_err *err)
+{
+    uint64_t total = PRT_PACK_HEADER_SIZE;
+    for (size_t i = 0; i < n; i++) {
+        if (sizes[i] > (size_t)LZ4_MAX_INPUT_SIZE)
+            return prt_fail(err, PRT_E_TOO_LARGE,
+                            "entry %zu: %zu bytes is over the %d-byte LZ4 block limit",
+                            i, sizes[i], LZ4_MAX_INPUT_SIZE);
+        total += INDEX_REC + name_lens[i];
+        total += (uint64_t)LZ4_compressBound((int)sizes[i]);
+    }
+    if (n > UINT32_MAX || total > (uint64_t)SIZE_MAX)
+        return prt_fail(err, PRT_E_TOO_LARGE, "too many or too large entries");
+    *out_bound = (size_t)total;
+    return 0;
+}
+
+/* Compress one entry at dst; returns the stored size and method. */
+static size_t store_entry(const uint8_t *src, size_t len, uint8_t *dst,
+                          size_t cap, uint8_t *method)
+{
+    if (len > 0) {
+        int c = LZ4_compress_default((const char *)src, (char *)dst, (int)len,
+                                     cap > (size_t)INT32_MAX ? INT32_MAX : (int)cap);
+        if (c > 0 && (size_t)c < len) {
+            *method = 1;
+            return (size_t)c;
+        }
+        memcpy(dst, src, len);
+    }
+    *method = 0;
+    return len;
+}
+
+int prt_pack(size_t n, const char *const *names, const size_t *name_lens,
+             const uint8_t *const *datas, const size_t *sizes,
+             uint8_t *out, size_t out_cap, size_t *out_len, prt_err *err)
+{
+    size_t bound = 0;
+    int rc = prt_pack_bound(n, name_lens, sizes, &bound, err);
+    if (rc != 0)
+        return rc;
+    if (out_cap < bound)
+        return prt_fail(err, -ENOBUFS, "output buffer smaller than the bound");
+    size_t index_len = 0;
+    for (size_t i = 0; i < n; i++) {
+        rc = check_name((const uint8_t *)names[i], name_lens[i], i, err);
+        if (rc != 0)
+            return rc;
+        index_len += INDEX_REC + name_lens[i];
+    }
+    if (index_len > UINT32_MAX)
+        return prt_fail(err, PRT_E_TOO_LARGE, "index over 4 GiB");
+
+    uint8_t *rec = out + PRT_PACK_HEADER_SIZE;
+    uint8_t *data = rec + index_len;
+    size_t data_len = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint8_t method = 0;
+        size_t stored = store_entry(datas[i], sizes[i], data + data_len,
+                                    out_cap - (size_t)(data - out) - data_len, &method);
+        prt_put16(rec, (uint16_t)name_lens[i]);
+        rec[2] = method;
+        rec[3] = 0;
+        prt_put64(rec + 4, sizes[i]);
+        prt_put64(rec + 12, stored);
+        prt_put64(rec + 20, prt_xxh3_64(datas[i], sizes[i]));
+        memcpy(rec + INDEX_REC, names[i], name_lens[i]);
+        rec += INDEX_REC + name_lens[i];
+        data_len += stored;
+    }
+    prt_put32(out, PRT_PACK_MAGIC);
+    prt_put16(out + 4, PRT_PACK_VERSION);
+    prt_put16(out + 6, 0);
+    prt_put32(out + 8, (uint32_t)n);
+    prt_put32(out + 12, (uint32_t)index_len);
+    prt_put64(out + 16, data_len);
+    prt_put64(out + 24, prt_xxh3_64(out + PRT_PACK_HEADER_SIZE, index_len));
+    *out_len = PRT_PACK_HEADER_SIZE + index_len + data_len;
+    return 0;
+}
+
+int prt_unpack_count(const uint8_t *data, size_t len, uint32_t *count, prt_err *err)
+{
+    if (len < PRT_PACK_HEADER_SIZE)
+        return prt_fail(err, PRT_E_TRUNCATED,
+                        "truncated: %zu bytes, the header alone needs %d", len, PRT_PACK_HEADER_SIZE);
+    if (prt_get32(data) != PRT_PACK_MAGIC)
+        return prt_fail(err, PRT_E_MAGIC, "bad magic: not a pyruntime pack");
+    uint16_t version = prt_get16(data + 4);
+    if (version != PRT_PACK_VERSION)
+        return prt_fail(err, PRT_E_VERSION, "unknown format version %u (this build reads %u)",
+                        version, PRT_PACK_VERSION);
+    if (prt_get16(data + 6) != 0)
+        return prt_fail(err, PRT_E_FORMAT, "unknown flags 0x%04x", prt_get16(data + 6));
+    uint64_t index_len = prt_get32(data + 12);
+    uint64_t data_len = prt_get64(data + 16);
+    uint64_t want = PRT_PACK_HEADER_SIZE + index_len;
+    if (data_len > UINT64_MAX - want || want + data_len > len)
+        return prt_fail(err, PRT_E_TRUNCATED,
+                        "truncated: header declares more bytes than the %zu present", len);
+    if (want + data_len < len)
+        return prt_fail(err, PRT_E_FORMAT, "%llu trailing bytes after the data",
+                        (unsigned long long)(len - want - data_len));
+    *count = prt_get32(data + 8);
+    if ((uint64_t)*count * INDEX_REC > index_len)
+        return prt_fail(err, PRT_E_FORMAT, "entry count %u does not fit the %llu-byte index",
+                        *count, (unsigned long long)index_len);
+    if (prt_xxh3_64(data + PRT_PACK_HEADER_SIZE, (size_t)index_len) != prt_get64(data + 24))
+        return prt_fail(err, PRT_E_CHECKSUM, "index checksum mismatch");
+    return 0;
+}
+
+typedef struct {
+    const uint8_t *base;
+    const prt_entry *entries;
+} name_ctx;
+
+static int cmp_entry_names(const void *a, const void *b, void *arg)
+{
+    const name_ctx *c = arg;
+    const prt_entry *x = &c->entries[*(const uint32_t *)a];
+    const prt_entry *y = &c->entries[*(const uint32_t *)b];
+    size_t n = x->name_len < y->name_len ? x->name_len : y->name_len;
+    int r = memcmp(c->base + x->name_off, c->base + y->name_off, n);
+    if (r != 0)
+        return r;
+    return (x->name_len > y->name_len) - (x->name_len < y->name_len);
+}
+
+static int check_duplicates(const uint8_t *base, const prt_entry *entries,
+                            uint32_t count, prt_err *err)
+{
+    if (count < 2)
+        return 0;
+    uint32_t *order = malloc((size_t)count * sizeof(uint32_t));
+    if (order == NULL)
+        return prt_fail(err, -ENOMEM, "out of memory");
+    for (uint32_t i = 0; i < count; i++)
+        order[i] = i;
+    name_ctx ctx = {base, entries};
+    qsort_r(order, count, sizeof(uint32_t), cmp_entry_names, &ctx);
+    int rc = 0;
+    for (uint32_t i = 1; i < count && rc == 0; i++) {
+        if (cmp_entry_names(&order[i - 1], &order[i], &ctx) == 0) {
+            const prt_entry *e = &entries[order[i]];
+            rc = prt_fail(err, PRT_E_DUPLICATE, "duplicate entry name '%.*s'",
+                          (int)e->name_len, base + e->name_off);
+        }
+    }
+    free(order);
+    return rc;
+}
+
+static int parse_record(const uint8_t *data, const uint8_t *rec, const uint8_t *end,
+                        uint32_t i, prt_entry *e, prt_err *err)
+{
+    if ((size_t)(end - rec) < INDEX_REC)
+        return prt_fail(err, PRT_E_FORMAT, "entry %u: index ends inside its record", i);
+    e->name_len = prt_get16(rec);
+    e->method = rec[2];
+    e->raw_size = prt_get64(rec + 4);
+    e->comp_size = prt_get64(rec + 12);
+    e->checksum = prt_get64(rec + 20);
+    e->name_off = (uint64_t)(rec + INDEX_REC - data);
+    if ((size_t)(end - rec - INDEX_REC) < e->name_len)
+        return prt_fail(err, PRT_E_FORMAT, "entry %u: name runs past the index", i);
+    if (rec[3] != 0)
+        return prt_fail(err, PRT_E_FORMAT, "entry %u: reserved byte is not zero", i);
+    int rc = check_name(rec + INDEX_REC, e->name_len, i, err);
+    if (rc != 0)
+        return rc;
+    if (e->method == 0 && e->comp_size != e->raw_size)
+        return prt_fail(err, PRT_E_FORMAT, "entry %u: stored size differs from raw size", i);
+    if (e->method == 1 && (e->comp_size == 0 || e->comp_size >= e->raw_size ||
+                           e->raw_size / LZ4_MAX_RATIO > e->comp_size))
+        return prt_fail(err, PRT_E_FORMAT, "entry %u: impossible LZ4 sizes (%llu -> %llu)", i,
+                        (unsigned long long)e->comp_size, (unsigned long long)e->raw_size);
+    if (e->method > 1)
+        return prt_fail(err, PRT_E_FORMAT, "entry %u: unknown method %u", i, e->method);
+    return 0;
+}
+
+int prt_unpack_index(const uint8_t *data, size_t len, prt_entry *entries,
+                     uint32_t count, uint64_t max_entry, uint64_t max_total,
+                     uint64_t *total_raw, prt_err *err)
+{
+    uint32_t declared = 0;
+    int rc = prt_unpack_count(data, len, &declared, err);
+    if (rc != 0)
+        return rc;
+    if (declared != count)
+        return prt_fail(err, -EINVAL, "entry array does not match the count");
+    const uint8_t *rec = data + PRT_PACK_HEADER_SIZE;
+    const uint8_t *end = rec + prt_get32(data + 12);
+    uint64_t data_off = (uint64_t)(end - data);
+    uint64_t raw_total = 0;
+    for (uint32_t i = 0; i < count; i++) {
+        prt_entry *e = &entries[i];
+        rc = parse_record(data, rec, end, i, e, err);
+        if (rc != 0)
+            return rc;
+        if (e->raw_size > max_entry)
+            return prt_fail(err, PRT_E_TOO_LARGE, "entry '%.*s' declares %llu bytes, over the %llu-byte limit",
+                            (int)e->name_len, data + e->name_off,
+                            (unsigned long long)e->raw_size, (unsigned long long)max_entry);
+        if (e->comp_size > len - data_off)
+            return prt_fail(err, PRT_E_FORMAT, "entry %u: data runs past the end", i);
+        e->data_off = data_off;
+        e->out_off = raw_total;
+        data_off += e->comp_size;
+        raw_total += e->raw_size;
+        if (raw_total > max_total)
+            return prt_fail(err, PRT_E_TOO_LARGE, "entries declare more than the %llu-byte total limit",
+                            (unsigned long long)max_total);
+        rec += INDEX_REC + e->name_len;
+    }
+    if (rec != end)
+        return prt_fail(err, PRT_E_FORMAT, "%zu unused bytes at the end of the index",
+                        (size_t)(end - rec));
+    if (data_off != len)
+        return prt_fail(err, PRT_E_FORMAT, "entry sizes do not add up to the data length");
+    rc = check_duplicates(data, entries, count, err);
+    if (rc == 0)
+        *total_raw = raw_total;
+    return rc;
+}
+
+int prt_unpack_data(const uint8_t *data, size_t len, const prt_entry *entries,
+                    uint32_t count, uint8_t *out, size_t out_len, prt_err *err)
+{
+    for (uint32_t i = 0; i < count; i++) {
+        const prt_entry *e = &entries[i];
+        if (e->data_off + e->comp_size > len || e->out_off + e->raw_size > out_len)
+            return prt_fail(err, -EINVAL, "entry %u outside the buffers", i);
+        const uint8_t *src = data + e->data_off;
+        uint8_t *dst = out + e->out_off;
+        if (e->method == 0) {
+            memcpy(dst, src, e->raw_size);
+        } else {
+            int n = LZ4_decompress_safe((const char *)src, (char *)dst,
+                                        (int)e->comp_size, (int)e->raw_size);
+            if (n < 0 || (uint64_t)n != e->raw_size)
+                return prt_fail(err, PRT_E_FORMAT, "entry '%.*s': corrupt LZ4 block",
+                                (int)e->name_len, data + e->name_off);
+        }
+        if (prt_xxh3_64(dst, e->raw_size) != e->checksum)
+            return prt_fail(err, PRT_E_CHECKSUM, "entry '%.*s': checksum mismatch",
+                            (int)e->name_len, data + e->name_off);
+    }
+    return 0;
+}

@@ -1,0 +1,74 @@
+/* Declarations that cffi parses (csrc/build_ffi.py reads this file).
+ * Plain C declarations only: no includes, no macros with expressions.
+ * Every int-returning function follows one contract: 0 on success, or a
+ * negative value that is either -errno or one of the PRT_E_* statuses. */
+
+#define PRT_ABI_VERSION 1
+#define PRT_FRAME_HEADER_SIZE 32
+#define PRT_PACK_HEADER_SIZE 32
+#define PRT_HEX128_LEN 33
+#define PRT_ERRMSG_LEN 256
+
+/* Statuses beyond errno; -errno values are always above -4096. */
+#define PRT_E_EOF -5001
+#define PRT_E_TRUNCATED -5002
+#define PRT_E_MAGIC -5003
+#define PRT_E_VERSION -5004
+#define PRT_E_TOO_LARGE -5005
+#define PRT_E_CHECKSUM -5006
+#define PRT_E_FORMAT -5007
+#define PRT_E_NAME -5008
+#define PRT_E_DUPLICATE -5009
+#define PRT_E_FILETYPE -5010
+
+typedef struct {
+    int code;
+    char msg[256];
+} prt_err;
+
+typedef struct {
+    uint16_t version;
+    uint16_t kind;
+    uint64_t job_id;
+    uint64_t length;
+    uint64_t checksum;
+} prt_frame_header;
+
+typedef struct {
+    uint64_t name_off;   /* offset of the name inside the packed buffer */
+    uint32_t name_len;
+    uint32_t method;     /* 0 stored, 1 lz4 block */
+    uint64_t raw_size;
+    uint64_t comp_size;
+    uint64_t data_off;   /* offset of the stored block inside the packed buffer */
+    uint64_t checksum;   /* XXH3-64 of the raw bytes */
+    uint64_t out_off;    /* offset of this entry in the caller's output buffer */
+} prt_entry;
+
+int prt_abi_version(void);
+
+/* framing.c */
+int prt_write_frame(int fd, uint16_t kind, uint64_t job_id,
+                    const uint8_t *payload, size_t len);
+int prt_read_header(int fd, uint64_t max_len, prt_frame_header *out);
+int prt_read_payload(int fd, uint8_t *buf, size_t len, uint64_t checksum);
+int prt_set_pdeathsig(int sig);
+
+/* hashing.c */
+uint64_t prt_xxh3_64(const uint8_t *data, size_t len);
+void prt_hash_bytes(const uint8_t *data, size_t len, char *out_hex);
+int prt_hash_file(const char *path, char *out_hex, prt_err *err);
+int prt_hash_dir(const char *path, char *out_hex, prt_err *err);
+
+/* packing.c */
+int prt_pack_bound(size_t n, const size_t *name_lens, const size_t *sizes,
+                   size_t *out_bound, prt_err *err);
+int prt_pack(size_t n, const char *const *names, const size_t *name_lens,
+             const uint8_t *const *datas, const size_t *sizes,
+             uint8_t *out, size_t out_cap, size_t *out_len, prt_err *err);
+int prt_unpack_count(const uint8_t *data, size_t len, uint32_t *count, prt_err *err);
+int prt_unpack_index(const uint8_t *data, size_t len, prt_entry *entries,
+                     uint32_t count, uint64_t max_entry, uint64_t max_total,
+                     uint64_t *total_raw, prt_err *err);
+int prt_unpack_data(const uint8_t *data, size_t len, const prt_entry *entries,
+                    uint32_t count, uint8_t *out, size_t out_len, prt_err *err);

@@ -1,0 +1,58 @@
+/* Internal header: the public declarations (shared with cffi) plus the
+ * little-endian helpers the three parts use. */
+#ifndef PRT_CORE_H
+#define PRT_CORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "prt_core.cdef.h"
+
+#define PRT_FRAME_MAGIC 0x46545250u /* "PRTF" read as little-endian */
+#define PRT_FRAME_VERSION 1u
+#define PRT_PACK_MAGIC 0x50545250u  /* "PRTP" */
+#define PRT_PACK_VERSION 1u
+
+int prt_fail(prt_err *err, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static inline void prt_put16(uint8_t *p, uint16_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+}
+
+static inline void prt_put32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static inline void prt_put64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static inline uint16_t prt_get16(const uint8_t *p)
+{
+    return (uint16_t)(p[0] | (p[1] << 8));
+}
+
+static inline uint32_t prt_get32(const uint8_t *p)
+{
+    uint32_t v = 0;
+    for (int i = 3; i >= 0; i--)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+static inline uint64_t prt_get64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+#endif

@@ -1,0 +1,66 @@
+"""pyruntime: Triton kernels compiled in a sidecar worker pool, shipped as
+small verified bundles.
+
+Importing this package is cheap: it never imports torch or triton, and the
+heavier submodules load on first use of the names below.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from ._version import __version__
+from .errors import (
+    BrokenPoolError,
+    BundleCompatibilityError,
+    BundleFormatError,
+    JobTimeoutError,
+    ProtocolError,
+    PyRuntimeError,
+    WorkerDiedError,
+    WorkerMemoryError,
+)
+
+_LAZY = {
+    "read_frame": "framing",
+    "write_frame": "framing",
+    "Frame": "framing",
+    "hash_bytes": "hashing",
+    "hash_file": "hashing",
+    "hash_dir": "hashing",
+    "pack": "packing",
+    "unpack": "packing",
+}
+
+__all__ = [
+    "__version__",
+    "BrokenPoolError",
+    "BundleCompatibilityError",
+    "BundleFormatError",
+    "JobTimeoutError",
+    "ProtocolError",
+    "PyRuntimeError",
+    "WorkerDiedError",
+    "WorkerMemoryError",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pyruntime' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:
+    from .framing import Frame, read_frame, write_frame
+    from .hashing import hash_bytes, hash_dir, hash_file
+    from .packing import pack, unpack

@@ -1,0 +1,264 @@
+"""The pure-Python twin of the C core (csrc/).
+
+It reads and writes exactly the bytes the C module does, using the ``lz4``
+and ``xxhash`` packages; the test suite holds the two against each other.
+The formats are written down in docs/FORMAT.md and in the C sources.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import struct
+from typing import Sequence
+
+import lz4.block
+import xxhash
+
+from .errors import BundleFormatError, ProtocolError
+
+FRAME_MAGIC = b"PRTF"
+FRAME_VERSION = 1
+FRAME_HEADER = struct.Struct("<4sHHQQQ")  # magic, version, kind, job id, length, xxh3-64
+PACK_MAGIC = b"PRTP"
+PACK_VERSION = 1
+PACK_HEADER = struct.Struct("<4sHHIIQQ")  # magic, version, flags, count, index len, data len, xxh3-64(index)
+INDEX_REC = struct.Struct("<HBBQQQ")  # name len, method, reserved, raw, stored, xxh3-64(raw)
+MAX_NAME = 255
+LZ4_MAX_INPUT = 0x7E000000
+LZ4_MAX_RATIO = 255
+IO_CHUNK = 1 << 20
+
+_xxh3_64 = xxhash.xxh3_64_intdigest
+
+
+# ---------------------------------------------------------------- framing
+def encode_frame_header(kind: int, job_id: int, payload: bytes | bytearray | memoryview) -> bytes:
+    return FRAME_HEADER.pack(FRAME_MAGIC, FRAME_VERSION, kind, job_id, len(payload), _xxh3_64(payload))
+
+
+def write_frame(fd: int, kind: int, job_id: int, payload: bytes | bytearray | memoryview) -> None:
+    bufs = [memoryview(encode_frame_header(kind, job_id, payload))]
+    if len(payload):
+        bufs.append(memoryview(payload).cast("B"))
+    while bufs:
+        n = os.writev(fd, bufs)
+        while bufs and n >= len(bufs[0]):
+            n -= len(bufs[0])
+            bufs.pop(0)
+        if bufs and n:
+            bufs[0] = bufs[0][n:]
+
+
+def _read_into(fd: int, view: memoryview) -> int:
+    done = 0
+    while done < len(view):
+        n = os.readv(fd, [view[done:]])
+        if n == 0:
+            break
+        done += n
+    return done
+
+
+def parse_frame_header(hdr: bytes | bytearray, max_len: int) -> tuple[int, int, int, int]:
+    magic, version, kind, job_id, length, checksum = FRAME_HEADER.unpack(hdr)
+    if magic != FRAME_MAGIC:
+        raise ProtocolError(f"bad frame magic {bytes(magic)!r} (expected {FRAME_MAGIC!r})")
+    if version != FRAME_VERSION:
+        raise ProtocolError(f"unknown frame version {version} (this build speaks {FRAME_VERSION})")
+    if length > max_len:
+        raise ProtocolError(f"frame payload of {length} bytes is over the {max_len}-byte limit")
+    return kind, job_id, length, checksum
+
+
+def read_frame(fd: int, max_len: int) -> tuple[int, int, bytearray]:
+    hdr = bytearray(FRAME_HEADER.size)
+    got = _read_into(fd, memoryview(hdr))
+    if got == 0:
+        raise EOFError("end of stream at a frame boundary")
+    if got < len(hdr):
+        raise ProtocolError(f"truncated frame: stream ended {got} bytes into the header")
+    kind, job_id, length, checksum = parse_frame_header(hdr, max_len)
+    payload = bytearray(length)
+    got = _read_into(fd, memoryview(payload))
+    if got < length:
+        raise ProtocolError(f"truncated frame: stream ended {got} of {length} payload bytes")
+    if _xxh3_64(payload) != checksum:
+        raise ProtocolError("frame payload checksum mismatch")
+    return kind, job_id, payload
+
+
+# ---------------------------------------------------------------- hashing
+def _hex128(h: "xxhash.xxh3_128") -> str:
+    return h.hexdigest()
+
+
+def hash_bytes(data: bytes | bytearray | memoryview) -> str:
+    return xxhash.xxh3_128(data).hexdigest()
+
+
+def _feed_file(h: "xxhash.xxh3_128", path: str | bytes, size: int | None) -> None:
+    total = 0
+    with open(path, "rb", buffering=0) as f:
+        while chunk := f.read(IO_CHUNK):
+            total += len(chunk)
+            h.update(chunk)
+    if size is not None and total != size:
+        raise OSError(f"{os.fsdecode(path)} changed size while being hashed")
+
+
+def hash_file(path: str | os.PathLike[str]) -> str:
+    h = xxhash.xxh3_128()
+    _feed_file(h, os.fspath(path), None)
+    return h.hexdigest()
+
+
+def _excluded(name: bytes, is_reg: bool) -> bool:
+    return (is_reg and name == b"lock") or name.startswith(b"tmp.") or b".tmp.pid_" in name
+
+
+def _walk(h: "xxhash.xxh3_128", root: bytes, rel: bytes) -> None:
+    full_dir = os.path.join(root, rel) if rel else root
+    for name in sorted(os.listdir(full_dir)):
+        path = os.path.join(full_dir, name)
+        relpath = rel + b"/" + name if rel else name
+        st = os.lstat(path)
+        if _excluded(name, stat.S_ISREG(st.st_mode)):
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            target = os.readlink(path)
+            h.update(b"l" + struct.pack("<I", len(relpath)) + relpath + struct.pack("<Q", len(target)) + target)
+        elif stat.S_ISREG(st.st_mode):
+            h.update(b"f" + struct.pack("<I", len(relpath)) + relpath + struct.pack("<Q", st.st_size))
+            _feed_file(h, path, st.st_size)
+        elif stat.S_ISDIR(st.st_mode):
+            h.update(b"d" + struct.pack("<I", len(relpath)) + relpath + struct.pack("<Q", 0))
+            _walk(h, root, relpath)
+        else:
+            raise ValueError(f"{os.fsdecode(relpath)} is not a regular file, directory or symlink")
+
+
+def hash_dir(path: str | os.PathLike[str]) -> str:
+    root = os.fsencode(path)
+    if not os.path.isdir(root):
+        raise NotADirectoryError(20, f"cannot open directory {os.fsdecode(root)}: Not a directory")
+    h = xxhash.xxh3_128(b"PRTH\x01")
+    _walk(h, root, b"")
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- packing
+def check_name(name: bytes, i: int) -> None:
+    if not name:
+        raise BundleFormatError(f"entry {i}: empty name")
+    if len(name) > MAX_NAME:
+        raise BundleFormatError(f"entry {i}: name longer than {MAX_NAME} bytes")
+    if name in (b".", b".."):
+        raise BundleFormatError(f"entry {i}: name '{name.decode()}' is not a file name")
+    if b"/" in name or b"\\" in name or b"\0" in name:
+        raise BundleFormatError(f"entry {i}: name contains a path separator or NUL")
+
+
+def pack(entries: Sequence[tuple[bytes, bytes | bytearray | memoryview]]) -> bytes:
+    index = bytearray()
+    blocks = []
+    data_len = 0
+    for i, (name, data) in enumerate(entries):
+        check_name(name, i)
+        if len(data) > LZ4_MAX_INPUT:
+            raise BundleFormatError(
+                f"entry {i}: {len(data)} bytes is over the {LZ4_MAX_INPUT}-byte LZ4 block limit"
+            )
+        method, stored = 0, data
+        if len(data):
+            c = lz4.block.compress(data, mode="default", store_size=False)
+            if len(c) < len(data):
+                method, stored = 1, c
+        index += INDEX_REC.pack(len(name), method, 0, len(data), len(stored), _xxh3_64(data)) + name
+        blocks.append(stored)
+        data_len += len(stored)
+    header = PACK_HEADER.pack(
+        PACK_MAGIC, PACK_VERSION, 0, len(entries), len(index), data_len, _xxh3_64(bytes(index))
+    )
+    return b"".join([header, index, *blocks])
+
+
+def unpack(data: bytes | bytearray | memoryview, max_entry: int, max_total: int) -> list[tuple[bytes, bytes]]:
+    mv = memoryview(data).cast("B")
+    n = len(mv)
+    if n < PACK_HEADER.size:
+        raise BundleFormatError(f"truncated: {n} bytes, the header alone needs {PACK_HEADER.size}")
+    magic, version, flags, count, index_len, data_len, index_sum = PACK_HEADER.unpack_from(mv)
+    if magic != PACK_MAGIC:
+        raise BundleFormatError("bad magic: not a pyruntime pack")
+    if version != PACK_VERSION:
+        raise BundleFormatError(f"unknown format version {version} (this build reads {PACK_VERSION})")
+    if flags:
+        raise BundleFormatError(f"unknown flags 0x{flags:04x}")
+    want = PACK_HEADER.size + index_len
+    if want + data_len > n:
+        raise BundleFormatError(f"truncated: header declares more bytes than the {n} present")
+    if want + data_len < n:
+        raise BundleFormatError(f"{n - want - data_len} trailing bytes after the data")
+    if count * INDEX_REC.size > index_len:
+        raise BundleFormatError(f"entry count {count} does not fit the {index_len}-byte index")
+    if _xxh3_64(mv[PACK_HEADER.size:want]) != index_sum:
+        raise BundleFormatError("index checksum mismatch")
+
+    pos, end, data_off, total = PACK_HEADER.size, want, want, 0
+    parsed = []
+    for i in range(count):
+        if end - pos < INDEX_REC.size:
+            raise BundleFormatError(f"entry {i}: index ends inside its record")
+        name_len, method, reserved, raw, stored, checksum = INDEX_REC.unpack_from(mv, pos)
+        pos += INDEX_REC.size
+        if end - pos < name_len:
+            raise BundleFormatError(f"entry {i}: name runs past the index")
+        name = bytes(mv[pos:pos + name_len])
+        pos += name_len
+        if reserved:
+            raise BundleFormatError(f"entry {i}: reserved byte is not zero")
+        check_name(name, i)
+        if method == 0 and stored != raw:
+            raise BundleFormatError(f"entry {i}: stored size differs from raw size")
+        if method == 1 and (stored == 0 or stored >= raw or raw // LZ4_MAX_RATIO > stored):
+            raise BundleFormatError(f"entry {i}: impossible LZ4 sizes ({stored} -> {raw})")
+        if method > 1:
+            raise BundleFormatError(f"entry {i}: unknown method {method}")
+        if raw > max_entry:
+            raise BundleFormatError(
+                f"entry '{name.decode(errors='replace')}' declares {raw} bytes, over the {max_entry}-byte limit"
+            )
+        if stored > n - data_off:
+            raise BundleFormatError(f"entry {i}: data runs past the end")
+        parsed.append((name, method, raw, stored, checksum, data_off))
+        data_off += stored
+        total += raw
+        if total > max_total:
+            raise BundleFormatError(f"entries declare more than the {max_total}-byte total limit")
+    if pos != end:
+        raise BundleFormatError(f"{end - pos} unused bytes at the end of the index")
+    if data_off != n:
+        raise BundleFormatError("entry sizes do not add up to the data length")
+    seen: set[bytes] = set()
+    for name, *_ in sorted(parsed):
+        if name in seen:
+            raise BundleFormatError(f"duplicate entry name '{name.decode(errors='replace')}'")
+        seen.add(name)
+
+    out = []
+    for name, method, raw, stored, checksum, off in parsed:
+        block = mv[off:off + stored]
+        if method == 0:
+            content = bytes(block)
+        else:
+            try:
+                content = lz4.block.decompress(block, uncompressed_size=raw)
+            except lz4.block.LZ4BlockError:
+                raise BundleFormatError(f"entry '{name.decode(errors='replace')}': corrupt LZ4 block") from None
+            if len(content) != raw:
+                raise BundleFormatError(f"entry '{name.decode(errors='replace')}': corrupt LZ4 block")
+        if _xxh3_64(content) != checksum:
+            raise BundleFormatError(f"entry '{name.decode(errors='replace')}': checksum mismatch")
+        out.append((name, content))
+    return out

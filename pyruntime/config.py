@@ -1,0 +1,76 @@
+"""Typed environment knobs, all in one place.
+
+Each knob is read when it is used (not at import), so tests and launchers
+can set them late. Names and meanings are listed in the README.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def _flag(name: str, default: bool = False) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    return raw.strip().lower() not in ("0", "false", "no", "off")
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={raw!r} is not an integer") from None
+
+
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={raw!r} is not a number") from None
+
+
+def pure_python() -> bool:
+    """PYRUNTIME_PURE_PYTHON=1 forces the pure-Python twin of the C core."""
+    return _flag("PYRUNTIME_PURE_PYTHON")
+
+
+def max_frame_bytes() -> int:
+    """PYRUNTIME_MAX_FRAME: largest frame payload a reader accepts (2 GiB)."""
+    return _int("PYRUNTIME_MAX_FRAME", 2 << 30)
+
+
+def default_workers() -> int:
+    """PYRUNTIME_WORKERS, else the CPUs this process may run on, capped at 32."""
+    n = _int("PYRUNTIME_WORKERS", 0)
+    if n > 0:
+        return n
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, 32))
+
+
+def shutdown_grace_s() -> float:
+    """PYRUNTIME_SHUTDOWN_GRACE: seconds workers get after SIGTERM (2.0)."""
+    return _float("PYRUNTIME_SHUTDOWN_GRACE", 2.0)
+
+
+def bundle_enabled() -> bool | None:
+    """PYRUNTIME_BUNDLE: 1/0 turns kernel recording on/off; unset defers to config."""
+    raw = os.environ.get("PYRUNTIME_BUNDLE")
+    if raw is None or raw == "":
+        return None
+    return _flag("PYRUNTIME_BUNDLE")
+
+
+def fsync_enabled() -> bool:
+    """PYRUNTIME_FSYNC=1 fsyncs restored files and directories."""
+    return _flag("PYRUNTIME_FSYNC")

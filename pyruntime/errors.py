@@ -1,0 +1,46 @@
+"""Exceptions raised by pyruntime.
+
+Every exception subclasses :class:`PyRuntimeError` and, where one fits, a
+builtin too, so callers can catch either ``ProtocolError`` or ``ValueError``.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import BrokenExecutor
+
+
+class PyRuntimeError(Exception):
+    """Base class of every pyruntime error."""
+
+
+class ProtocolError(PyRuntimeError, ValueError):
+    """A frame on a pipe is malformed: bad magic or version, truncated,
+    over the length limit, or its checksum does not match."""
+
+
+class BundleFormatError(PyRuntimeError, ValueError):
+    """A packed container or bundle is malformed; the message names the
+    problem. Nothing was written when this is raised."""
+
+
+class BundleCompatibilityError(PyRuntimeError, RuntimeError):
+    """A bundle was made for another Triton version or target."""
+
+
+class BrokenPoolError(PyRuntimeError, BrokenExecutor):
+    """The pool's sidecar died or the pool was shut down while a job was
+    pending. The next ``submit`` starts a new sidecar."""
+
+
+class WorkerDiedError(PyRuntimeError, ChildProcessError):
+    """The worker running a job died (signal, ``os._exit``, killed for
+    memory); the message names the exit code or signal."""
+
+
+class WorkerMemoryError(WorkerDiedError, MemoryError):
+    """The worker running a job went over the pool's per-worker memory
+    limit and was stopped."""
+
+
+class JobTimeoutError(PyRuntimeError, TimeoutError):
+    """A job ran past its timeout; its worker was killed and replaced."""

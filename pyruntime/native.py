@@ -1,0 +1,199 @@
+"""Picks the backend for the hot paths: the cffi C module or its twin.
+
+``BACKEND`` is ``"c"`` when the compiled module ``pyruntime._native`` loads
+and matches this package's ABI stamp, ``"python"`` when it is absent or
+``PYRUNTIME_PURE_PYTHON=1`` is set. A stale build (ABI mismatch) is an
+ImportError rather than a silent fallback, since it means a broken install.
+
+Both backends expose the same functions with the same bytes in and out;
+:func:`backends` returns every one that can load, for the test suite.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import Any, Sequence
+
+from . import _twin, config
+from .errors import BundleFormatError, ProtocolError
+
+ABI_VERSION = 1  # must equal PRT_ABI_VERSION in csrc/prt_core.cdef.h
+
+
+class PythonBackend:
+    """The pure-Python twin."""
+
+    name = "python"
+    write_frame = staticmethod(_twin.write_frame)
+    read_frame = staticmethod(_twin.read_frame)
+    hash_bytes = staticmethod(_twin.hash_bytes)
+    hash_file = staticmethod(_twin.hash_file)
+    hash_dir = staticmethod(_twin.hash_dir)
+    pack = staticmethod(_twin.pack)
+    unpack = staticmethod(_twin.unpack)
+
+    @staticmethod
+    def set_pdeathsig(sig: int) -> None:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(1, sig, 0, 0, 0) != 0:  # 1 == PR_SET_PDEATHSIG
+            e = ctypes.get_errno()
+            raise OSError(e, os.strerror(e))
+
+
+class CBackend:
+    """The cffi module built from csrc/."""
+
+    name = "c"
+
+    def __init__(self, module: Any) -> None:
+        self.ffi = module.ffi
+        self.lib = module.lib
+        got = self.lib.prt_abi_version()
+        if got != ABI_VERSION:
+            raise ImportError(
+                f"pyruntime._native has ABI version {got}, the Python package expects "
+                f"{ABI_VERSION}: rebuild it with `pip install .` (stale build)"
+            )
+        lib = self.lib
+        self._status_text = {
+            lib.PRT_E_EOF: "end of stream at a frame boundary",
+            lib.PRT_E_TRUNCATED: "truncated frame",
+            lib.PRT_E_MAGIC: "bad frame magic",
+            lib.PRT_E_VERSION: "unknown frame version",
+            lib.PRT_E_TOO_LARGE: "frame payload over the length limit",
+            lib.PRT_E_CHECKSUM: "frame payload checksum mismatch",
+        }
+
+    # -- the one return-code helper ---------------------------------------
+    def check(self, rc: int, err: Any = None, exc: type[Exception] = ProtocolError) -> None:
+        """Turn a C return code into an exception (0 is success).
+
+        -errno becomes OSError; PRT_E_EOF becomes EOFError; other statuses
+        become ``exc`` with the message the C side wrote, or a fixed text."""
+        if rc == 0:
+            return
+        msg = ""
+        if err is not None and err.msg[0] != b"\0":
+            msg = self.ffi.string(err.msg).decode("utf-8", "replace")
+        if rc == self.lib.PRT_E_EOF:
+            raise EOFError(msg or self._status_text[rc])
+        if rc > -4096:
+            code = -rc
+            raise OSError(code, msg or os.strerror(code))
+        raise exc(msg or self._status_text.get(rc, f"status {rc}"))
+
+    # -- framing ----------------------------------------------------------
+    def write_frame(self, fd: int, kind: int, job_id: int, payload: Any) -> None:
+        buf = self.ffi.from_buffer(payload)
+        self.check(self.lib.prt_write_frame(fd, kind, job_id, buf, len(buf)))
+
+    def read_frame(self, fd: int, max_len: int) -> tuple[int, int, bytearray]:
+        hdr = self.ffi.new("prt_frame_header *")
+        rc = self.lib.prt_read_header(fd, max_len, hdr)
+        if rc != 0:
+            if rc == self.lib.PRT_E_TOO_LARGE:
+                raise ProtocolError(f"frame payload of {hdr.length} bytes is over the {max_len}-byte limit")
+            self.check(rc)
+        payload = bytearray(hdr.length)
+        rc = self.lib.prt_read_payload(fd, self.ffi.from_buffer(payload), hdr.length, hdr.checksum)
+        self.check(rc)
+        return hdr.kind, hdr.job_id, payload
+
+    def set_pdeathsig(self, sig: int) -> None:
+        self.check(self.lib.prt_set_pdeathsig(sig))
+
+    # -- hashing ----------------------------------------------------------
+    def hash_bytes(self, data: Any) -> str:
+        out = self.ffi.new("char[33]")
+        buf = self.ffi.from_buffer(data)
+        self.lib.prt_hash_bytes(buf, len(buf), out)
+        return self.ffi.string(out).decode()
+
+    def _hash_path(self, fn: Any, path: Any) -> str:
+        out = self.ffi.new("char[33]")
+        err = self.ffi.new("prt_err *")
+        rc = fn(os.fsencode(path), out, err)
+        if rc == self.lib.PRT_E_FILETYPE:
+            raise ValueError(self.ffi.string(err.msg).decode("utf-8", "replace"))
+        if rc == -errno.ENOTDIR:
+            raise NotADirectoryError(errno.ENOTDIR, self.ffi.string(err.msg).decode("utf-8", "replace"))
+        self.check(rc, err, OSError)
+        return self.ffi.string(out).decode()
+
+    def hash_file(self, path: Any) -> str:
+        return self._hash_path(self.lib.prt_hash_file, path)
+
+    def hash_dir(self, path: Any) -> str:
+        return self._hash_path(self.lib.prt_hash_dir, path)
+
+    # -- packing ----------------------------------------------------------
+    def pack(self, entries: Sequence[tuple[bytes, Any]]) -> bytes:
+        ffi, lib = self.ffi, self.lib
+        n = len(entries)
+        keep = [(ffi.from_buffer(name), ffi.from_buffer(data)) for name, data in entries]
+        names = ffi.new("char *[]", [k[0] for k in keep]) if n else ffi.NULL
+        datas = ffi.new("uint8_t *[]", [k[1] for k in keep]) if n else ffi.NULL
+        name_lens = ffi.new("size_t[]", [len(k[0]) for k in keep]) if n else ffi.NULL
+        sizes = ffi.new("size_t[]", [len(k[1]) for k in keep]) if n else ffi.NULL
+        err = ffi.new("prt_err *")
+        bound = ffi.new("size_t *")
+        self.check(lib.prt_pack_bound(n, name_lens, sizes, bound, err), err, BundleFormatError)
+        out = ffi.new("uint8_t[]", bound[0])
+        out_len = ffi.new("size_t *")
+        rc = lib.prt_pack(n, names, name_lens, datas, sizes, out, bound[0], out_len, err)
+        self.check(rc, err, BundleFormatError)
+        return ffi.buffer(out, out_len[0])[:]
+
+    def unpack(self, data: Any, max_entry: int, max_total: int) -> list[tuple[bytes, bytes]]:
+        ffi, lib = self.ffi, self.lib
+        src = ffi.from_buffer(data)
+        err = ffi.new("prt_err *")
+        count = ffi.new("uint32_t *")
+        self.check(lib.prt_unpack_count(src, len(src), count, err), err, BundleFormatError)
+        n = count[0]
+        entries = ffi.new("prt_entry[]", max(n, 1))
+        total = ffi.new("uint64_t *")
+        rc = lib.prt_unpack_index(src, len(src), entries, n, max_entry, max_total, total, err)
+        self.check(rc, err, BundleFormatError)
+        out = bytearray(total[0])
+        rc = lib.prt_unpack_data(src, len(src), entries, n, ffi.from_buffer(out), len(out), err)
+        self.check(rc, err, BundleFormatError)
+        view = memoryview(data).cast("B")
+        mv = memoryview(out)
+        result = []
+        for i in range(n):
+            e = entries[i]
+            name = bytes(view[e.name_off:e.name_off + e.name_len])
+            result.append((name, bytes(mv[e.out_off:e.out_off + e.raw_size])))
+        return result
+
+
+def _load_c() -> CBackend | None:
+    try:
+        from . import _native  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return CBackend(_native)
+
+
+def backends() -> list[Any]:
+    """Every backend that loads here: the C one first when it is built."""
+    found: list[Any] = []
+    c = _load_c()
+    if c is not None:
+        found.append(c)
+    found.append(PythonBackend())
+    return found
+
+
+def _select() -> Any:
+    if config.pure_python():
+        return PythonBackend()
+    return _load_c() or PythonBackend()
+
+
+backend: Any = _select()
+BACKEND: str = backend.name
