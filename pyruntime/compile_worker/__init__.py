@@ -1,0 +1,1 @@
+"""``python -m pyruntime.compile_worker``: the sidecar's entry point."""

@@ -1,0 +1,5 @@
+import sys
+
+from pyruntime.sidecar import main
+
+sys.exit(main())
