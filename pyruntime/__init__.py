@@ -31,6 +31,10 @@ _LAZY = {
     "hash_dir": "hashing",
     "pack": "packing",
     "unpack": "packing",
+    "SubprocPool": "pool",
+    "SubprocKind": "pool",
+    "SubprocPickler": "pool",
+    "SubprocException": "pool",
 }
 
 __all__ = [
@@ -64,3 +68,4 @@ if TYPE_CHECKING:
     from .framing import Frame, read_frame, write_frame
     from .hashing import hash_bytes, hash_dir, hash_file
     from .packing import pack, unpack
+    from .pool import SubprocException, SubprocKind, SubprocPickler, SubprocPool
