@@ -15,18 +15,15 @@ from __future__ import annotations
 import json
 import pickle
 import socket
-import struct
 from enum import Enum
 from typing import Any
 
 # frame kinds on the per-worker pipes
 CALL = 1          # caller -> worker: pickled (fn, args, kwargs)
 INIT = 2          # caller -> worker: pickled (initializer, initargs), first frame
-RESULT = 3        # worker -> caller: f64 seconds + pickled result
-ERROR = 4         # worker -> caller: f64 seconds + pickled remote exception tuple
-INIT_FAILED = 5   # worker -> caller: pickled remote exception tuple, then the worker exits
-
-ELAPSED = struct.Struct("<d")
+RESULT = 3        # worker -> caller: pickled (seconds, result)
+ERROR = 4         # worker -> caller: pickled (seconds, remote exception tuple)
+INIT_FAILED = 5   # worker -> caller: like ERROR, then the worker exits
 
 # control channel (AF_UNIX SOCK_SEQPACKET, one JSON object per packet; the
 # sidecar attaches a new worker's pipe ends with SCM_RIGHTS)

@@ -21,14 +21,14 @@ from .framing import read_frame, write_frame
 from .native import backend
 
 
-def _remote_exception(pickler: Any, exc: BaseException) -> bytes:
+def _remote_exception(pickler: Any, exc: BaseException, elapsed: float = 0.0) -> bytes:
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     try:
         original = pickler.dumps(exc)
         pickler.loads(original)  # some exceptions pickle but do not unpickle
     except Exception:
         original = None
-    return pickler.dumps((original, type(exc).__qualname__, str(exc), tb))
+    return pickler.dumps((elapsed, (original, type(exc).__qualname__, str(exc), tb)))
 
 
 def prepare(sidecar_pid: int) -> None:
@@ -60,12 +60,14 @@ def serve(job_fd: int, result_fd: int, pickler: Any) -> int:
         try:
             fn, args, kwargs = pickler.loads(payload)
             del payload
-            out = pickler.dumps(fn(*args, **kwargs))
+            value = fn(*args, **kwargs)
+            # the run time rides in the same pickle: no extra copy of big results
+            out = pickler.dumps((time.perf_counter() - start, value))
             out_kind = P.RESULT
         except BaseException as e:  # SystemExit too: it fails the job, not the worker
-            out = _remote_exception(pickler, e)
+            out = _remote_exception(pickler, e, time.perf_counter() - start)
             out_kind = P.ERROR
-        write_frame(result_fd, out_kind, job_id, P.ELAPSED.pack(time.perf_counter() - start) + out)
+        write_frame(result_fd, out_kind, job_id, out)
 
 
 def run_forked(job_fd: int, result_fd: int, pickler: Any, sidecar_pid: int) -> None:

@@ -526,7 +526,10 @@ class SubprocPool(Executor):
         kind, job_id, payload = frame
         view = memoryview(payload)
         if kind == P.INIT_FAILED:
-            err = self._remote_error(view, "initializer")
+            try:
+                err = self._remote_error(self._pickler.loads(view)[1], "initializer")
+            except BaseException as e:
+                err = e
             err = BrokenPoolError(f"worker initializer failed:\n{err}")
             self._close_job_pipe_locked(w)
             out: list[tuple[Future[Any], Any]] = [(i.future, err) for i in w.inflight]
@@ -541,20 +544,19 @@ class SubprocPool(Executor):
         now = time.monotonic()
         if w.inflight:
             w.inflight[0].started = now
-        (elapsed,) = P.ELAPSED.unpack_from(view)
-        self._ewma_job_s = elapsed if self._ewma_job_s is None else 0.8 * self._ewma_job_s + 0.2 * elapsed
-        body = view[P.ELAPSED.size:]
-        if kind == P.RESULT:
-            try:
-                return [(item.future, _Ok(self._pickler.loads(body)))]
-            except BaseException as e:
-                return [(item.future, e)]
-        return [(item.future, self._remote_error(body, item.name))]
-
-    def _remote_error(self, body: memoryview, name: str) -> BaseException:
         try:
-            original, type_name, message, tb = self._pickler.loads(body)
+            elapsed, value = self._pickler.loads(view)
         except BaseException as e:
+            return [(item.future, e)]
+        self._ewma_job_s = elapsed if self._ewma_job_s is None else 0.8 * self._ewma_job_s + 0.2 * elapsed
+        if kind == P.RESULT:
+            return [(item.future, _Ok(value))]
+        return [(item.future, self._remote_error(value, item.name))]
+
+    def _remote_error(self, value: Any, name: str) -> BaseException:
+        try:
+            original, type_name, message, tb = value
+        except (TypeError, ValueError) as e:
             return SubprocException(f"cannot read the remote exception: {e!r}", "", name)
         exc = SubprocException(message, tb, name, type_name)
         if original is not None:
