@@ -1,0 +1,2 @@
+"""Benchmarks: ``python -m pyruntime.bench`` (see ``__main__``) and the
+sample kernels they compile. Importing this package imports nothing heavy."""

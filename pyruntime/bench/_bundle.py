@@ -1,0 +1,232 @@
+"""bundle suite: pyruntime's bundler vs torch's TritonBundler on the same
+Triton cache (the corpus), for a 17-kernel set (the size of the cache the
+issue measured torch on) and the whole 500-kernel corpus.
+
+Per implementation, in its own child interpreter (torch imported there,
+before any clock starts):
+
+- collect+save: ``begin_compile``, ``put`` for every kernel, ``collect``;
+  then pyruntime ``bundle.save(path)`` (data-only format, LZ4 packed,
+  atomic write) vs torch ``pickle.dumps(bundle)`` written to a file (what
+  Inductor stores in its FX graph cache entry);
+- load+restore into an empty cache: pyruntime ``TritonBundle.load`` +
+  ``restore(dir)`` (verify everything, tmp dir + rename per kernel) vs torch
+  reading the file, ``pickle.loads`` and ``read_and_emit`` (with
+  ``TRITON_CACHE_DIR`` pointing at the empty directory);
+- the file sizes.
+
+Every restore goes into a fresh empty directory (created and removed outside
+the clock); the kernel directories written are counted to check the work.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from typing import Any
+
+from . import _common as C
+from . import _corpus
+
+IMPLS = ("pyruntime", "torch")
+MODULES = ("pyruntime.bundler", "pyruntime.cache", "pyruntime.bundle_format")
+
+
+def _count_kernels(d: str) -> int:
+    return sum(1 for e in os.scandir(d) if e.is_dir() and not e.name.startswith("tmp."))
+
+
+def _ours(cache: str, hashes: list[str], path: str, dest: str) -> dict[str, float]:
+    from ..bundler import TritonBundle, TritonBundler
+
+    TritonBundler.config.enabled = True
+    t0 = time.perf_counter()
+    TritonBundler.begin_compile()
+    for h in hashes:
+        TritonBundler.put(h, 0, cache_dir=cache)
+    bundle, _meta = TritonBundler.collect()
+    t1 = time.perf_counter()
+    size = bundle.save(path)
+    t2 = time.perf_counter()
+    loaded = TritonBundle.load(path)
+    t3 = time.perf_counter()
+    res = loaded.restore(dest)
+    t4 = time.perf_counter()
+    if len(res.restored) != len(hashes):
+        raise RuntimeError(f"pyruntime restored {len(res.restored)} of {len(hashes)} kernels")
+    return {"collect": t1 - t0, "save": t2 - t1, "load": t3 - t2, "restore": t4 - t3,
+            "size": float(size)}
+
+
+def _torch(cache: str, hashes: list[str], path: str, dest: str) -> dict[str, float]:
+    import pickle
+
+    from torch._inductor import config
+    from torch._inductor.triton_bundler import TritonBundler
+
+    config.bundle_triton_into_fx_graph_cache = True
+    os.environ["TRITON_CACHE_DIR"] = cache
+    t0 = time.perf_counter()
+    TritonBundler.begin_compile()
+    for h in hashes:
+        TritonBundler.put(h, 0)
+    bundle, _meta = TritonBundler.collect()
+    t1 = time.perf_counter()
+    data = pickle.dumps(bundle)
+    with open(path, "wb") as f:
+        f.write(data)
+    t2 = time.perf_counter()
+    with open(path, "rb") as f:
+        loaded = pickle.loads(f.read())
+    t3 = time.perf_counter()
+    os.environ["TRITON_CACHE_DIR"] = dest
+    TritonBundler.read_and_emit(loaded)
+    t4 = time.perf_counter()
+    os.environ["TRITON_CACHE_DIR"] = cache
+    if len(bundle.kernel_artifacts) != len(hashes):
+        raise RuntimeError(f"torch collected {len(bundle.kernel_artifacts)} of {len(hashes)} kernels")
+    return {"collect": t1 - t0, "save": t2 - t1, "load": t3 - t2, "restore": t4 - t3,
+            "size": float(len(data))}
+
+
+def measure(impl: str, cache: str, sets: dict[str, dict[str, Any]], rounds: int,
+            round_time: float) -> dict[str, Any]:
+    """All rounds for one implementation (runs in a child interpreter).
+    ``sets[name]`` = {"hashes": [...], "scratch": dir for bundle + restore}."""
+    if impl == "torch":
+        import torch._inductor.triton_bundler  # noqa: F401  (import outside the clock)
+        fn = _torch
+    else:
+        import pyruntime.bundler  # noqa: F401
+        import pyruntime.cache  # noqa: F401
+        fn = _ours
+    def once(hashes: list[str], scratch: str) -> dict[str, float]:
+        work = tempfile.mkdtemp(prefix=f"{impl}-", dir=scratch)
+        dest = os.path.join(work, "cache")
+        os.mkdir(dest)
+        try:
+            res = fn(cache, hashes, os.path.join(work, "bundle.bin"), dest)
+            n = _count_kernels(dest)
+            if n != len(hashes):
+                raise RuntimeError(f"{impl}: {n} kernel dirs in the restored cache, expected {len(hashes)}")
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return res
+
+    out: dict[str, list[dict[str, float]]] = {}
+    for name, case in sets.items():
+        hashes = case["hashes"]
+        once(hashes, case["scratch"])  # warm-up (imports, page cache), dropped
+        runs = []
+        for _ in range(min(rounds, case.get("max_rounds", rounds))):
+            # a round repeats short runs for ~round_time and keeps each phase's median
+            reps: list[dict[str, float]] = []
+            spent = 0.0
+            while not reps or (spent < round_time and len(reps) < 50):
+                reps.append(once(hashes, case["scratch"]))
+                spent += sum(v for k, v in reps[-1].items() if k != "size")
+            runs.append({k: statistics.median(r[k] for r in reps) for k in reps[0]} | {"reps": len(reps)})
+        out[name] = runs
+    return out
+
+
+def run(settings: C.Settings) -> dict[str, Any]:
+    missing = C.first_missing(MODULES)
+    if missing:
+        return C.suite_na("bundle", f"n/a (module missing: {missing})")
+    prog = C.progress_of(settings)
+    info = _corpus.ensure(settings.corpus_kernels, settings.corpus_dir, prog)
+    all_dirs = [k["dir"] for k in info["kernels"]]
+    results: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    if not C.have_module("torch"):
+        errors["torch"] = "torch not installed"
+    disk = tempfile.mkdtemp(prefix="prt-bench-bundle-")
+    mem = None
+    if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
+        mem = tempfile.mkdtemp(prefix="prt-bench-bundle-", dir="/dev/shm")
+    fast = mem or disk
+    where = "tmpfs" if mem else "disk"
+    big_n = min(100, len(all_dirs)) if settings.quick else len(all_dirs)
+    sets: dict[str, dict[str, Any]] = {
+        f"{min(17, big_n)} kernels": {"hashes": all_dirs[:17], "scratch": fast, "where": where},
+        f"{big_n} kernels": {"hashes": all_dirs[:big_n], "scratch": fast, "where": where},
+    }
+    if mem and not settings.quick:
+        # the same restore onto the disk the cache would live on: this VM's
+        # file creation cost shows here, for both implementations
+        sets[f"{big_n} kernels, disk"] = {"hashes": all_dirs[:big_n], "scratch": disk,
+                                           "where": "disk", "max_rounds": 3}
+    try:
+        for impl in IMPLS:
+            if impl in errors:
+                continue
+            prog.step("bundle", f"{impl}: {settings.rounds} rounds of collect+save, load+restore "
+                      f"({', '.join(sets)})")
+            try:
+                results[impl] = C.run_child(
+                    "pyruntime.bench._bundle:measure",
+                    {"impl": impl, "cache": info["cache"], "sets": sets, "rounds": settings.rounds,
+                     "round_time": settings.round_time},
+                    timeout=settings.child_timeout)
+            except C.ChildError as e:
+                errors[impl] = f"error: {e}"
+    finally:
+        shutil.rmtree(disk, ignore_errors=True)
+        if mem:
+            shutil.rmtree(mem, ignore_errors=True)
+
+    def values(set_name: str, keys: tuple[str, ...]) -> dict[str, Any]:
+        out = {}
+        for impl in IMPLS:
+            if impl not in results:
+                out[impl] = C.na(errors.get(impl, "no result"))
+                continue
+            out[impl] = C.summarize([sum(r[k] for k in keys) for r in results[impl][set_name]])
+        return out
+
+    metrics = []
+    for set_name, case in sets.items():
+        mb = sum(k["bytes"] for k in info["kernels"][:len(case["hashes"])]) / 1e6
+        tag = f"{len(case['hashes'])} kernels ({mb:.1f} MB), {case['where']}"
+        on_disk_repeat = case["scratch"] == disk and mem is not None
+        if not on_disk_repeat:
+            metrics.append(C.metric(
+                f"collect_save[{set_name}]", f"collect+save, {tag}", "s", "lower", "pyruntime",
+                values(set_name, ("collect", "save")),
+                goal={"kind": "ratio", "peer": "torch", "min": 5.0,
+                      "text": "at least 5x faster than torch collect+pickle"}))
+        metrics.append(C.metric(
+            f"load_restore[{set_name}]", f"load+restore into an empty cache, {tag}", "s", "lower",
+            "pyruntime", values(set_name, ("load", "restore")),
+            goal=None if on_disk_repeat else
+            {"kind": "ratio", "peer": "torch", "min": 3.0,
+             "text": "at least 3x faster than torch pickle.loads+read_and_emit"}))
+        if len(case["hashes"]) > 17:
+            metrics.append(C.metric(
+                f"restore[{set_name}]", f"restore only, {tag}", "s", "lower", "pyruntime",
+                values(set_name, ("restore",))))
+        if not on_disk_repeat:
+            metrics.append(C.metric(
+                f"file_size[{set_name}]", f"bundle file, {tag}", "B", "lower", "pyruntime",
+                values(set_name, ("size",)),
+                goal={"kind": "ratio", "peer": "torch", "min": 1 / 0.35,
+                      "text": "at most 35% of torch's pickled bundle"}))
+    parts = {impl: {s: {k: C.summarize([r[k] for r in results[impl][s]])["median"]
+                        for k in ("collect", "save", "load", "restore")}
+                    for s in sets} for impl in results}
+    return C.suite_result(
+        "bundle", metrics=metrics,
+        method=(f"corpus {info['cache']} (cuda:90 kernels, {info['triton']}); each implementation "
+                f"runs in its own interpreter: 1 warm-up + {settings.rounds} rounds per kernel set "
+                "(3 for the disk repeat), every restore into a fresh empty directory; 'tmpfs' = bundle "
+                "file and restored cache on /dev/shm (the implementations' own cost), 'disk' = on "
+                "the root file system; pyruntime = TritonBundler life cycle + "
+                "TritonBundle.save / TritonBundle.load + restore; torch = torch._inductor "
+                "TritonBundler collect + pickle.dumps + file write / file read + pickle.loads + "
+                "read_and_emit"),
+        extra={"phases_median_s": parts,
+               "sets": {k: {"kernels": len(v["hashes"]), "where": v["where"]} for k, v in sets.items()}})
