@@ -35,6 +35,14 @@ _LAZY = {
     "SubprocKind": "pool",
     "SubprocPickler": "pool",
     "SubprocException": "pool",
+    "TritonBundler": "bundler",
+    "TritonBundle": "bundler",
+    "TritonBundleEntry": "bundler",
+    "TritonKernelArtifact": "bundler",
+    "TritonKernelArtifacts": "bundler",
+    "TritonBundlerMetadata": "bundler",
+    "collect_dir": "bundler",
+    "load_bundle": "bundler",
 }
 
 __all__ = [

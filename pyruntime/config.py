@@ -74,3 +74,12 @@ def bundle_enabled() -> bool | None:
 def fsync_enabled() -> bool:
     """PYRUNTIME_FSYNC=1 fsyncs restored files and directories."""
     return _flag("PYRUNTIME_FSYNC")
+
+
+def bundle_on_mismatch() -> str:
+    """PYRUNTIME_BUNDLE_ON_MISMATCH: what a restore does with kernels built for
+    another Triton version or target: warn (skip them, default), error, force."""
+    raw = (os.environ.get("PYRUNTIME_BUNDLE_ON_MISMATCH") or "warn").strip().lower()
+    if raw not in ("warn", "error", "force"):
+        raise ValueError(f"environment variable PYRUNTIME_BUNDLE_ON_MISMATCH={raw!r} is not one of warn, error, force")
+    return raw

@@ -1,0 +1,256 @@
+"""``bundle`` and ``cache`` commands of ``python -m pyruntime``.
+
+::
+
+    bundle create  --cache-dir DIR -o FILE [--kernel HASH ...]
+    bundle restore FILE [--cache-dir DIR] [--target cuda:90] [--on-mismatch warn|error|force] [--fsync]
+    bundle inspect FILE [--json]
+    bundle verify  FILE
+    cache hash  DIR
+    cache clean DIR [--max-age SECONDS] [--all] [--dry-run]
+
+A bad input (missing file, corrupt bundle, a bundle for another Triton
+under ``--on-mismatch error``) prints one line naming the problem and exits
+with status 2; ``bundle verify`` exits 1 when the file is not a valid bundle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from .cli import UserError
+from .errors import BundleFormatError
+
+
+def register(subparsers: Any) -> None:
+    b = subparsers.add_parser("bundle", help="create, restore, inspect and verify kernel bundles",
+                              description="Kernel bundles: compiled Triton kernels in one verified file.")
+    bsub = b.add_subparsers(dest="bundle_command", required=True, metavar="ACTION")
+
+    p = bsub.add_parser("create", help="bundle the kernels of a Triton cache directory")
+    p.add_argument("--cache-dir", required=True, metavar="DIR", help="Triton cache directory to read")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="bundle file to write")
+    p.add_argument("--kernel", action="append", default=None, metavar="HASH",
+                   help="bundle only this kernel directory (repeatable); default: every complete kernel")
+    p.set_defaults(handler=_create)
+
+    p = bsub.add_parser("restore", help="write a bundle's kernels into a Triton cache directory")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="cache directory (default: $TRITON_CACHE_DIR, else ~/.triton/cache)")
+    p.add_argument("--target", default=None, metavar="TARGET",
+                   help="target the kernels must be built for, e.g. cuda:90 (default: not checked)")
+    p.add_argument("--on-mismatch", choices=("warn", "error", "force"), default=None,
+                   help="kernels for another Triton version or target: warn and skip (default), "
+                        "error (write nothing), force (write anyway)")
+    p.add_argument("--fsync", action="store_true", default=None, help="fsync files and directories")
+    p.set_defaults(handler=_restore)
+
+    p = bsub.add_parser("inspect", help="show a bundle's header and kernels")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(handler=_inspect)
+
+    p = bsub.add_parser("verify", help="check a bundle completely (exit 1 when it is not valid)")
+    p.add_argument("file", metavar="FILE")
+    p.set_defaults(handler=_verify)
+
+    c = subparsers.add_parser("cache", help="hash or clean a Triton cache directory",
+                              description="Triton cache directory tools.")
+    csub = c.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
+    p = csub.add_parser("hash", help="print the directory digest (XXH3-128, docs/FORMAT.md)")
+    p.add_argument("dir", metavar="DIR")
+    p.set_defaults(handler=_hash)
+    p = csub.add_parser("clean", help="remove tmp.* litter of dead or old restores and compiles")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--max-age", type=float, default=None, metavar="SECONDS",
+                   help="also remove tmp.* entries older than this (default 3600)")
+    p.add_argument("--all", action="store_true", help="remove every tmp.* (nothing may be running)")
+    p.add_argument("--dry-run", action="store_true", help="list what would be removed")
+    p.set_defaults(handler=_clean)
+
+
+# --------------------------------------------------------------------------
+# helpers
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def _existing_file(path: str) -> str:
+    if not os.path.exists(path):
+        raise UserError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise UserError(f"{path}: is a directory, not a bundle file")
+    return path
+
+
+def _existing_dir(path: str) -> str:
+    if not os.path.exists(path):
+        raise UserError(f"{path}: no such directory")
+    if not os.path.isdir(path):
+        raise UserError(f"{path}: not a directory")
+    return path
+
+
+def _read_bundle_bytes(path: str) -> bytes:
+    from .bundle_format import read_file
+
+    return read_file(_existing_file(path))
+
+
+def _load(path: str) -> Any:
+    from .bundle_format import decode
+
+    data = _read_bundle_bytes(path)
+    try:
+        return decode(data), len(data)
+    except BundleFormatError as e:
+        raise UserError(f"{path}: {e}") from None
+
+
+def _table(rows: list[list[str]], right: set[int]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for n, r in enumerate(rows):
+        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))]
+        lines.append("  ".join(cells).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------
+# handlers
+
+
+def _create(args: argparse.Namespace) -> int:
+    from .bundler import check_kernel_hash, collect_dir
+
+    _existing_dir(args.cache_dir)
+    if args.kernel:
+        for h in args.kernel:
+            try:
+                check_kernel_hash(h)
+            except BundleFormatError as e:
+                raise UserError(f"--kernel: {e}") from None
+    try:
+        bundle = collect_dir(args.cache_dir, args.kernel)
+    except BundleFormatError as e:
+        raise UserError(f"cannot bundle {args.cache_dir}: {e}") from None
+    if args.kernel:
+        missing = sorted(set(args.kernel) - {k.kernel_hash for k in bundle.kernel_artifacts})
+        if missing:
+            raise UserError(f"{args.cache_dir}: kernel(s) not found: {', '.join(missing)}")
+    if not bundle.kernel_artifacts:
+        raise UserError(f"{args.cache_dir}: no complete Triton kernel directories found; nothing to bundle")
+    size = bundle.save(args.output)
+    raw = bundle.size
+    files = sum(len(k.artifacts) for k in bundle.kernel_artifacts)
+    print(f"wrote {args.output}: {len(bundle)} kernels, {files} files, {_human(raw)} -> {_human(size)} "
+          f"({raw / size:.2f}x), targets {', '.join(bundle.targets) or 'unknown'}")
+    return 0
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from .bundler import triton_cache_dir
+    from .errors import BundleCompatibilityError
+
+    bundle, _ = _load(args.file)
+    cache_dir = args.cache_dir or triton_cache_dir(0)
+    if os.path.exists(cache_dir) and not os.path.isdir(cache_dir):
+        raise UserError(f"{cache_dir}: not a directory")
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # reported below instead
+            result = bundle.restore(cache_dir, on_mismatch=args.on_mismatch, target=args.target, fsync=args.fsync)
+    except BundleCompatibilityError as e:
+        raise UserError(f"{args.file}: {e}") from None
+    except BundleFormatError as e:
+        raise UserError(f"{args.file}: {e}") from None
+    print(f"restored {len(result.restored)} kernels ({result.files_written} files, "
+          f"{_human(result.bytes_written)}) into {cache_dir}; "
+          f"{len(result.existing)} already present; {len(result.incompatible)} skipped")
+    for h, reason in result.incompatible.items():
+        print(f"  skipped {h}: {reason}", file=sys.stderr)
+    if result.stale_removed:
+        print(f"  removed {len(result.stale_removed)} leftover tmp.* directories of dead restores")
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from .bundle_format import describe
+
+    data = _read_bundle_bytes(args.file)
+    try:
+        info = describe(data)
+    except BundleFormatError as e:
+        raise UserError(f"{args.file}: {e}") from None
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"bundle          {args.file}")
+    print(f"format          {info['format']} v{info['format_version']} (written by pyruntime "
+          f"{info['pyruntime_version']})")
+    print(f"triton          {info['triton_version'] or 'unknown'}")
+    print(f"targets         {', '.join(info['targets']) or 'unknown'}")
+    print(f"content digest  {info['content_digest']}")
+    print(f"size            {_human(info['raw_size'])} of kernel files in {_human(info['file_size'])} "
+          f"(compression ratio {info['compression_ratio']:.2f}x)")
+    print()
+    rows = [["kernel hash", "name", "target", "device", "files", "size"]]
+    for k in info["kernels"]:
+        rows.append([k["hash"], ",".join(k["names"]) or "-", k["target"] or "-", str(k["device"]),
+                     str(k["files"]), _human(k["size"])])
+    rows.append(["total", f"{len(info['kernels'])} kernels", "", "", str(sum(k["files"] for k in info["kernels"])),
+                 _human(info["raw_size"])])
+    print(_table(rows, right={3, 4, 5}))
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from .bundle_format import decode
+
+    data = _read_bundle_bytes(args.file)
+    try:
+        bundle = decode(data)
+    except BundleFormatError as e:
+        print(f"{args.file}: INVALID: {e}", file=sys.stderr)
+        return 1
+    files = sum(len(k.artifacts) for k in bundle.kernel_artifacts)
+    print(f"{args.file}: OK: {len(bundle)} kernels, {files} files, digest {bundle.content_digest}")
+    return 0
+
+
+def _hash(args: argparse.Namespace) -> int:
+    from .hashing import hash_dir
+
+    print(hash_dir(_existing_dir(args.dir)))
+    return 0
+
+
+def _clean(args: argparse.Namespace) -> int:
+    from .cache import DEFAULT_MAX_AGE_S, clean
+
+    _existing_dir(args.dir)
+    if args.max_age is not None and args.max_age < 0:
+        raise UserError("--max-age must not be negative")
+    max_age = DEFAULT_MAX_AGE_S if args.max_age is None else args.max_age
+    result = clean(args.dir, max_age=max_age, everything=args.all, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for path in result.removed:
+        print(f"{verb} {path}")
+    print(f"{verb} {len(result.removed)} tmp.* entries; kept {len(result.kept)} "
+          f"(owned by running processes or younger than {max_age:g} s)")
+    return 0

@@ -1,0 +1,612 @@
+"""Record compiled Triton kernels and gather them into a :class:`TritonBundle`.
+
+The life cycle follows Inductor's bundler:
+
+* :meth:`TritonBundler.begin_compile` starts recording (when
+  :meth:`TritonBundler.is_enabled`);
+* :meth:`TritonBundler.put` notes each compiled kernel by its cache
+  directory name (Triton's cache key) and device;
+* :meth:`TritonBundler.collect` reads every noted kernel directory once and
+  returns the bundle plus the kernel names, then ends the recording;
+* :meth:`TritonBundler.end_compile` drops an uncollected recording;
+* :meth:`TritonBundler.read_and_emit` writes a bundle back into the cache
+  (see :mod:`pyruntime.cache` for the atomic restore).
+
+:func:`collect_dir` bundles what is already in a cache directory without a
+live compile. A bundle turns into bytes with :meth:`TritonBundle.to_bytes`
+(the data-only format of :mod:`pyruntime.bundle_format`; never pickle).
+
+Kernel directories hold absolute paths inside their ``.json`` files
+(``__grp__*.json`` lists every child file). On collect the kernel
+directory's path is replaced by the sentinel ``[REPLACE]`` and on restore the
+sentinel becomes the new directory, so a bundle is relocatable. A ``.json``
+that already contains the sentinel is refused on collect, since it could not
+be told apart from a replaced path.
+
+This module imports neither torch nor triton; the installed Triton version
+comes from the package metadata.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+from functools import lru_cache
+from typing import TYPE_CHECKING, ClassVar, Iterable, Literal, Union
+
+from . import config as _env
+from ._version import __version__
+from .errors import BundleFormatError
+
+if TYPE_CHECKING:
+    from .cache import RestoreResult
+
+log = logging.getLogger(__name__)
+
+Buffer = Union[bytes, bytearray, memoryview]
+MismatchPolicy = Literal["warn", "error", "force"]
+
+REPLACE_SENTINEL = b"[REPLACE]"
+
+#: Extensions of the binary artifact of a kernel, one per backend; the kernel
+#: name reported in the metadata is the stem of the file that has one.
+GPU_KERNEL_BIN_EXTS: dict[str, str] = {
+    "cuda": ".cubin",
+    "hip": ".hsaco",
+    "xpu": ".spv",
+    "xpu-ze": ".zebin",
+}
+_BIN_EXTS = frozenset(GPU_KERNEL_BIN_EXTS.values())
+
+# A kernel hash names a directory in the cache: Triton's base32 keys and
+# Inductor's hex keys both fit. "tmp.*" is reserved for in-flight restores.
+_HASH_RE = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,127}")
+MAX_FILE_NAME = 255
+
+# Triton writes these next to kernels; they are not part of a kernel.
+_SKIP_FILES = frozenset({"lock"})
+
+
+# --------------------------------------------------------------------------
+# validation shared with the bundle format and the restorer
+
+
+def check_kernel_hash(kernel_hash: object) -> str:
+    """Return ``kernel_hash`` if it is a safe cache directory name, else raise
+    :class:`BundleFormatError` naming the problem."""
+    if not isinstance(kernel_hash, str):
+        raise BundleFormatError(f"kernel hash must be a string, not {type(kernel_hash).__name__}")
+    if not _HASH_RE.fullmatch(kernel_hash) or kernel_hash.startswith("tmp."):
+        raise BundleFormatError(
+            f"kernel hash {kernel_hash!r} is not a plain directory name "
+            "(1-128 of A-Z a-z 0-9 _ - ., not starting with '.' or 'tmp.')"
+        )
+    return kernel_hash
+
+
+_PLAIN_ASCII_RE = re.compile(r"[\x20-\x2e\x30-\x5b\x5d-\x7e]{1,255}")  # printable ASCII except / and \\
+
+
+def check_file_name(name: object, kernel_hash: str = "?") -> str:
+    """Return ``name`` if it is a plain file name (no path separator, NUL or
+    control character, not ``.``/``..``, at most 255 UTF-8 bytes)."""
+    if type(name) is str and _PLAIN_ASCII_RE.fullmatch(name) and name not in (".", "..") \
+            and name not in _SKIP_FILES:
+        return name  # the common case, one regex
+    if not isinstance(name, str):
+        raise BundleFormatError(f"kernel {kernel_hash}: file name must be a string, not {type(name).__name__}")
+    bad = (
+        not name
+        or name in (".", "..")
+        or "/" in name
+        or "\\" in name
+        or not name.isprintable()
+        or name in _SKIP_FILES
+    )
+    if bad:
+        raise BundleFormatError(f"kernel {kernel_hash}: {name!r} is not a plain file name")
+    try:
+        if len(name.encode("utf-8")) > MAX_FILE_NAME:
+            raise BundleFormatError(f"kernel {kernel_hash}: file name {name[:40]!r}... is over {MAX_FILE_NAME} bytes")
+    except UnicodeEncodeError:
+        raise BundleFormatError(f"kernel {kernel_hash}: file name {name!r} is not valid UTF-8") from None
+    return name
+
+
+def check_target(target: object) -> str | None:
+    if target is None:
+        return None
+    if not isinstance(target, str) or not target or len(target) > 64 or not target.isprintable():
+        raise BundleFormatError(f"target {target!r} is not a short printable string like 'cuda:90'")
+    return target
+
+
+def check_version(version: object, what: str) -> str | None:
+    if version is None:
+        return None
+    if not isinstance(version, str) or not version or len(version) > 128 or not version.isprintable():
+        raise BundleFormatError(f"{what} {version!r} is not a short printable string")
+    return version
+
+
+# --------------------------------------------------------------------------
+# environment
+
+
+@lru_cache(maxsize=1)
+def installed_triton_version() -> str | None:
+    """Version of the installed Triton distribution, from its package
+    metadata (Triton itself is not imported); ``None`` when none is found."""
+    from importlib import metadata
+
+    for dist in ("triton", "pytorch-triton", "pytorch-triton-rocm", "pytorch-triton-xpu", "triton-xpu"):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def triton_cache_dir(device: int = 0) -> str:
+    """The Triton cache directory kernels of ``device`` are written to.
+
+    ``TRITON_CACHE_DIR`` when set, else Triton's own default
+    (``$TRITON_HOME/.triton/cache``, ``TRITON_HOME`` defaulting to ``~``).
+    Triton keys every kernel by its target, so all devices of a process share
+    the directory Triton itself writes to; ``device`` is kept in the bundle
+    entries so a caller can route kernels per device."""
+    del device  # one directory for every device, as Triton uses
+    explicit = os.environ.get("TRITON_CACHE_DIR")
+    if explicit:
+        return explicit
+    home = os.environ.get("TRITON_HOME") or os.path.expanduser("~")
+    return os.path.join(home, ".triton", "cache")
+
+
+# --------------------------------------------------------------------------
+# data classes
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TritonBundleEntry:
+    """A kernel noted by :meth:`TritonBundler.put`: its Triton cache key (the
+    kernel directory's name), its device and the cache directory holding it."""
+
+    kernel_hash: str
+    device: int
+    directory: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TritonKernelArtifact:
+    """One file of a kernel directory (``.cubin``, ``.json``, ``.ttir``, ...).
+
+    ``payload`` is a bytes-like object: ``bytes`` after a collect, a
+    read-only ``memoryview`` into the unpacked bundle after a load (no copy);
+    ``bytes(artifact.payload)`` gives bytes either way. ``.json`` payloads
+    carry the ``[REPLACE]`` sentinel where the kernel directory was."""
+
+    filename: str
+    payload: Buffer = dataclasses.field(repr=False)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TritonKernelArtifacts:
+    """Every file of one kernel directory. ``target`` (``"cuda:90"``,
+    ``"hip:gfx942"``, ...) and ``triton_version`` come from the kernel's
+    metadata ``.json`` when it has them."""
+
+    kernel_hash: str
+    device: int
+    artifacts: list[TritonKernelArtifact]
+    target: str | None = None
+    triton_version: str | None = None
+
+    def kernel_names(self) -> list[str]:
+        """Names of the kernels in this directory (stems of binary artifacts)."""
+        return [
+            os.path.splitext(a.filename)[0] for a in self.artifacts
+            if os.path.splitext(a.filename)[1] in _BIN_EXTS
+        ]
+
+    @property
+    def size(self) -> int:
+        """Bytes of all artifacts."""
+        return sum(len(a.payload) for a in self.artifacts)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TritonBundlerMetadata:
+    """Kernel names for instrumentation. ``statically_launched_kernel_names``
+    stays empty: Inductor's pickled static launchers are not carried, since a
+    bundle holds data only."""
+
+    cached_kernel_names: list[str]
+    statically_launched_kernel_names: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
+class TritonBundle:
+    """Compiled kernels ready to be written to a file or restored into a cache.
+
+    ``triton_version`` is the Triton that built the kernels (the installed one
+    at collect time); ``pyruntime_version`` the pyruntime that wrote the
+    bundle. ``content_digest`` is set on bundles read from bytes (the digest
+    the file carried, checked on load)."""
+
+    kernel_artifacts: list[TritonKernelArtifacts]
+    triton_version: str | None = None
+    pyruntime_version: str = __version__
+    content_digest: str | None = dataclasses.field(default=None, compare=False)
+
+    # -- information ---------------------------------------------------
+    @property
+    def targets(self) -> list[str]:
+        """Sorted distinct targets of the kernels."""
+        return sorted({k.target for k in self.kernel_artifacts if k.target})
+
+    def kernel_names(self) -> list[str]:
+        return [n for k in self.kernel_artifacts for n in k.kernel_names()]
+
+    @property
+    def size(self) -> int:
+        """Bytes of all artifacts (uncompressed)."""
+        return sum(k.size for k in self.kernel_artifacts)
+
+    def __len__(self) -> int:
+        return len(self.kernel_artifacts)
+
+    # -- bytes and files (pyruntime.bundle_format) --------------------------
+    def to_bytes(self) -> bytes:
+        """The data-only bundle file's bytes (docs/FORMAT.md, "Bundle file")."""
+        from . import bundle_format
+
+        return bundle_format.encode(self)
+
+    @classmethod
+    def from_bytes(cls, data: Buffer) -> "TritonBundle":
+        """Verify and decode bundle bytes; raises :class:`BundleFormatError`
+        naming the first problem."""
+        from . import bundle_format
+
+        return bundle_format.decode(data)
+
+    def save(self, path: str | os.PathLike[str]) -> int:
+        """Write the bundle file atomically; returns its size in bytes."""
+        from . import bundle_format
+
+        return bundle_format.save(self, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> "TritonBundle":
+        """Read and verify a bundle file."""
+        from . import bundle_format
+
+        return bundle_format.load(path)
+
+    # -- restore (pyruntime.cache) ------------------------------------------
+    def restore(
+        self,
+        cache_dir: str | os.PathLike[str] | None = None,
+        *,
+        on_mismatch: MismatchPolicy | None = None,
+        target: str | None = None,
+        fsync: bool | None = None,
+    ) -> "RestoreResult":
+        """Write the kernels into ``cache_dir`` (default: the Triton cache
+        directory of each kernel's device); see :func:`pyruntime.cache.restore`."""
+        from . import cache
+
+        return cache.restore(self, cache_dir, on_mismatch=on_mismatch, target=target, fsync=fsync)
+
+
+# --------------------------------------------------------------------------
+# reading kernel directories
+
+_TARGET_RE = re.compile(rb'"target":\s*\{\s*"backend":\s*"([A-Za-z0-9_\-]{1,32})",\s*"arch":\s*(\d{1,9}|"[A-Za-z0-9_\-.:]{1,48}")')
+_VERSION_RE = re.compile(rb'"triton_version":\s*"([A-Za-z0-9_.+\-]{1,64})"')
+
+
+def parse_kernel_metadata(payload: Buffer) -> tuple[str | None, str | None]:
+    """``(target, triton_version)`` from a kernel's metadata ``.json``.
+
+    A regular expression reads Triton's usual key order without a full JSON
+    parse (collect reads many kernels); other layouts fall back to json."""
+    data = bytes(payload)
+    m = _TARGET_RE.search(data)
+    v = _VERSION_RE.search(data)
+    if m is not None:
+        arch = m.group(2).decode().strip('"')
+        return f"{m.group(1).decode()}:{arch}", (v.group(1).decode() if v else None)
+    try:
+        meta = json.loads(data)
+    except (ValueError, RecursionError):
+        return None, None
+    if not isinstance(meta, dict):
+        return None, None
+    target = meta.get("target")
+    tstr = None
+    if isinstance(target, dict) and "backend" in target and "arch" in target:
+        tstr = f"{target['backend']}:{target['arch']}"
+    elif isinstance(target, (list, tuple)) and len(target) >= 2:
+        tstr = f"{target[0]}:{target[1]}"
+    version = meta.get("triton_version")
+    try:
+        tstr = check_target(tstr)
+    except BundleFormatError:
+        tstr = None
+    return tstr, (version if isinstance(version, str) and version.isprintable() else None)
+
+
+def _read_file(path: str) -> bytes:
+    # One open/fstat/read/close: the fewest syscalls for a small file.
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        data = os.read(fd, size + 1)
+        if len(data) <= size:
+            return data if len(data) == size else _read_rest(fd, data)
+        return data + _read_rest(fd, b"")  # grew while we read: take all of it
+    finally:
+        os.close(fd)
+
+
+def _read_rest(fd: int, head: bytes) -> bytes:
+    parts = [head]
+    while True:
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            return b"".join(parts)
+        parts.append(chunk)
+
+
+def _root_spellings(root: str) -> list[str]:
+    """Spellings of a cache directory Triton may have used: as given,
+    absolute, with symlinks resolved."""
+    out: list[str] = []
+    for p in (root, os.path.abspath(root), os.path.realpath(root)):
+        if p not in out:
+            out.append(p)
+    return out
+
+
+def _json_str(s: str) -> bytes:
+    # how json.dumps (Triton's writer) spells a string, without the quotes
+    return json.dumps(s)[1:-1].encode("ascii")
+
+
+def _kernel_dir_spellings(data: bytes, kernel_hash: str, roots: list[str]) -> list[bytes]:
+    """Every spelling of the kernel directory found in a ``.json``: the
+    cache root's spellings plus, for a ``__grp__`` file, the directory of
+    each child path it lists (whatever path Triton was given)."""
+    dirs = {os.path.join(r, kernel_hash) for r in roots}
+    if b"child_paths" in data:
+        try:
+            children = json.loads(data).get("child_paths")
+        except (ValueError, AttributeError, RecursionError):
+            children = None
+        if isinstance(children, dict):
+            for p in children.values():
+                if isinstance(p, str) and os.path.basename(os.path.dirname(p)) == kernel_hash:
+                    dirs.add(os.path.dirname(p))
+    spelled = {_json_str(d) for d in dirs} | {os.fsencode(d) for d in dirs}
+    return sorted(spelled, key=len, reverse=True)  # longest first: no partial replacement
+
+
+def read_kernel_dir(
+    cache_dir: str,
+    kernel_hash: str,
+    device: int = 0,
+    *,
+    complete_only: bool = False,
+    _roots: list[str] | None = None,
+) -> TritonKernelArtifacts | None:
+    """Read one kernel directory into :class:`TritonKernelArtifacts`
+    (``None`` when it does not exist or holds no files, or with
+    ``complete_only`` when it lacks Triton's ``__grp__*.json``, which Triton
+    writes last).
+
+    Sub-directories (Triton's in-flight ``tmp.*``), symlinks and ``lock``
+    files are left out. Raises :class:`BundleFormatError` when a ``.json``
+    already contains the ``[REPLACE]`` sentinel or a file name is not plain."""
+    check_kernel_hash(kernel_hash)
+    path = f"{cache_dir}/{kernel_hash}"
+    try:
+        with os.scandir(path) as it:
+            names = sorted(e.name for e in it if e.is_file(follow_symlinks=False) and e.name not in _SKIP_FILES)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if not names or (complete_only and not any(n.startswith("__grp__") and n.endswith(".json") for n in names)):
+        return None
+    roots = _roots if _roots is not None else _root_spellings(cache_dir)
+    artifacts = []
+    target = version = None
+    meta_names = {os.path.splitext(n)[0] + ".json" for n in names if os.path.splitext(n)[1] in _BIN_EXTS}
+    for name in names:
+        check_file_name(name, kernel_hash)
+        fpath = f"{path}/{name}"
+        data = _read_file(fpath)
+        if len(data) > MAX_ARTIFACT_BYTES:
+            raise BundleFormatError(f"{fpath}: {len(data)} bytes is over the {MAX_ARTIFACT_BYTES}-byte limit")
+        if name.endswith(".json"):
+            if REPLACE_SENTINEL in data:
+                raise BundleFormatError(
+                    f"{fpath} already contains the {REPLACE_SENTINEL.decode()} sentinel; "
+                    "refusing to bundle it (it could not be relocated on restore)"
+                )
+            if kernel_hash.encode() in data:  # only then can the directory be in it
+                for spelled in _kernel_dir_spellings(data, kernel_hash, roots):
+                    if spelled in data:
+                        data = data.replace(spelled, REPLACE_SENTINEL)
+            if target is None and name in meta_names:
+                target, version = parse_kernel_metadata(data)
+        artifacts.append(TritonKernelArtifact(name, data))
+    return TritonKernelArtifacts(kernel_hash, device, artifacts, target, version)
+
+
+MAX_ARTIFACT_BYTES = 1 << 30  # the pack container's per-entry limit
+
+
+def collect_dir(
+    cache_dir: str | os.PathLike[str],
+    kernel_hashes: Iterable[str] | None = None,
+    *,
+    device: int = 0,
+) -> TritonBundle:
+    """Bundle kernels already in ``cache_dir`` without a live compile.
+
+    With ``kernel_hashes``, exactly those kernel directories (missing ones are
+    skipped); otherwise every complete kernel directory (one holding Triton's
+    ``__grp__*.json``, written last; this also leaves out Triton's compiled
+    launcher modules), in sorted order so equal caches give equal bundles.
+    Raises :class:`NotADirectoryError`/:class:`FileNotFoundError` when
+    ``cache_dir`` is not a directory."""
+    root = os.fspath(cache_dir)
+    if not os.path.isdir(root):
+        if os.path.exists(root):
+            raise NotADirectoryError(f"{root} is not a directory")
+        raise FileNotFoundError(f"cache directory {root} does not exist")
+    if kernel_hashes is None:
+        with os.scandir(root) as it:
+            hashes = sorted(
+                e.name for e in it
+                if e.is_dir(follow_symlinks=False) and not e.name.startswith("tmp.")
+                and _HASH_RE.fullmatch(e.name)
+            )
+    else:
+        hashes = [check_kernel_hash(h) for h in dict.fromkeys(kernel_hashes)]
+    roots = _root_spellings(root)
+    kernels = []
+    for h in hashes:
+        k = read_kernel_dir(root, h, device, complete_only=kernel_hashes is None, _roots=roots)
+        if k is not None:
+            kernels.append(k)
+    return TritonBundle(kernels, triton_version=installed_triton_version())
+
+
+# --------------------------------------------------------------------------
+# the life cycle
+
+
+@dataclasses.dataclass
+class BundlerConfig:
+    """Settings of :class:`TritonBundler` (``TritonBundler.config``).
+
+    ``enabled``: record kernels (``None``: off unless ``PYRUNTIME_BUNDLE=1``);
+    the ``PYRUNTIME_BUNDLE`` environment variable, when set, wins.
+    ``force_disable``: off whatever the rest says.
+    ``on_mismatch``: what a restore does with kernels built for another
+    Triton version or target (``None``: ``PYRUNTIME_BUNDLE_ON_MISMATCH``,
+    default ``"warn"``); see :func:`pyruntime.cache.restore`.
+    ``target``: the target restores expect (``"cuda:90"``); ``None`` checks
+    no target. ``fsync``: fsync restored files (``None``: ``PYRUNTIME_FSYNC``)."""
+
+    enabled: bool | None = None
+    force_disable: bool = False
+    on_mismatch: MismatchPolicy | None = None
+    target: str | None = None
+    fsync: bool | None = None
+
+
+class TritonBundler:
+    """Notes each Triton kernel compiled between :meth:`begin_compile` and
+    :meth:`collect`, and turns them into a :class:`TritonBundle`.
+
+    State is per process (class attributes), like Inductor's bundler; ``put``
+    may be called from any thread."""
+
+    config: ClassVar[BundlerConfig] = BundlerConfig()
+    _entries: ClassVar[list[TritonBundleEntry] | None] = None
+    _REPLACE_BYTES: ClassVar[bytes] = REPLACE_SENTINEL
+
+    @classmethod
+    def is_enabled(cls) -> bool:
+        """``config.force_disable`` -> off; else ``PYRUNTIME_BUNDLE`` when
+        set; else ``config.enabled``; else off."""
+        if cls.config.force_disable:
+            return False
+        env = _env.bundle_enabled()
+        if env is not None:
+            return env
+        return bool(cls.config.enabled)
+
+    @classmethod
+    def begin_compile(cls) -> None:
+        """Start recording (a no-op when disabled)."""
+        if not cls.is_enabled():
+            return
+        if cls._entries is not None:
+            raise RuntimeError("TritonBundler.begin_compile called again before collect/end_compile")
+        log.debug("TritonBundler.begin_compile")
+        cls._entries = []
+
+    @classmethod
+    def end_compile(cls) -> None:
+        """Stop recording; an uncollected recording is dropped."""
+        log.debug("TritonBundler.end_compile")
+        cls._entries = None
+
+    @classmethod
+    def put(cls, kernel_hash: str, device: int = 0, *, cache_dir: str | os.PathLike[str] | None = None) -> None:
+        """Note a compiled kernel: ``kernel_hash`` is its directory name in
+        the cache (``cache_dir``, default :func:`triton_cache_dir`)."""
+        entries = cls._entries
+        if entries is None:
+            return
+        check_kernel_hash(kernel_hash)
+        directory = os.fspath(cache_dir) if cache_dir is not None else triton_cache_dir(device)
+        entries.append(TritonBundleEntry(kernel_hash, device, directory))
+
+    @classmethod
+    def collect(cls) -> tuple[TritonBundle, TritonBundlerMetadata | None]:
+        """Read every noted kernel and end the recording. Kernels whose
+        directory has gone are skipped; a kernel noted twice is read once.
+        Returns an empty bundle and ``None`` when disabled or not recording."""
+        if not cls.is_enabled():
+            cls.end_compile()
+            return TritonBundle([]), None
+        entries = cls._entries
+        if entries is None:
+            return TritonBundle([]), None
+        try:
+            kernels: list[TritonKernelArtifacts] = []
+            seen: set[str] = set()
+            spellings: dict[str, list[str]] = {}
+            for entry in entries:
+                if entry.kernel_hash in seen:
+                    continue
+                seen.add(entry.kernel_hash)
+                roots = spellings.get(entry.directory)
+                if roots is None:
+                    roots = spellings[entry.directory] = _root_spellings(entry.directory)
+                k = read_kernel_dir(entry.directory, entry.kernel_hash, entry.device, _roots=roots)
+                if k is not None:
+                    kernels.append(k)
+        finally:
+            cls.end_compile()
+        bundle = TritonBundle(kernels, triton_version=installed_triton_version())
+        return bundle, TritonBundlerMetadata(bundle.kernel_names(), [])
+
+    @classmethod
+    def read_and_emit(cls, bundle: TritonBundle) -> TritonBundlerMetadata | None:
+        """Restore ``bundle`` into the Triton cache (``None`` when disabled).
+
+        Unlike Inductor's version this needs no exclusive access: each kernel
+        is written into a ``tmp.*`` directory and renamed into place, and a
+        kernel directory that already holds files is left as it is. The
+        names returned are those of the kernels written."""
+        if not cls.is_enabled():
+            return None
+        from . import cache
+
+        cfg = cls.config
+        result = cache.restore(bundle, None, on_mismatch=cfg.on_mismatch, target=cfg.target, fsync=cfg.fsync)
+        return TritonBundlerMetadata(result.kernel_names, [])
+
+
+def load_bundle(path: str | os.PathLike[str]) -> TritonBundle:
+    """Read and verify a bundle file (:meth:`TritonBundle.load`)."""
+    return TritonBundle.load(path)

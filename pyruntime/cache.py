@@ -1,0 +1,356 @@
+"""Restore bundled kernels into a Triton cache, atomically and concurrently.
+
+:func:`restore` hardens Inductor's ``read_and_emit``:
+
+1. The bundle is checked as a whole (names, duplicates, compatibility)
+   before the first byte is written; a bundle read from a file was already
+   verified byte for byte by :func:`pyruntime.bundle_format.decode`.
+2. Each kernel is written into ``<cache>/tmp.pid_<pid>_<random>`` and
+   renamed onto ``<cache>/<kernel_hash>`` with :func:`os.replace`, so a
+   partial kernel directory is never visible. A kernel directory that exists
+   and holds files is left alone (an empty one is replaced).
+3. No lock is needed: when several processes restore the same kernel, the
+   first rename wins and the others see ``ENOTEMPTY``, drop their copy and
+   count the kernel as already present. Every restorer succeeds.
+4. A restorer killed mid-way (even by SIGKILL) leaves only its ``tmp.pid_*``
+   directory. The next restore removes ``tmp.*`` directories of processes
+   that are gone, and :func:`clean` (``python -m pyruntime cache clean``)
+   removes those plus any ``tmp.*`` older than ``max_age``.
+5. ``fsync=True`` (or ``PYRUNTIME_FSYNC=1``) fsyncs every file, every new
+   kernel directory and the cache directory; it is off by default because
+   a lost cache entry is only a recompile.
+6. Kernels built for another Triton version, or for a target other than
+   ``target`` when one is given, follow ``on_mismatch``: ``"warn"`` (the
+   default: a warning naming them, and they are skipped), ``"error"``
+   (:class:`BundleCompatibilityError` before anything is written) or
+   ``"force"`` (written anyway). ``PYRUNTIME_BUNDLE_ON_MISMATCH`` sets the
+   default. Versions compare without their local part (``3.6.0+git1`` is
+   ``3.6.0``); a kernel or installation whose version is unknown is not
+   checked. Triton keys its cache by version and target, so a mismatched
+   kernel would never be loaded: skipping it only saves disk.
+
+Speed: one listing of the cache directory replaces a stat per kernel, and
+each file costs one ``open``/``write``/``close``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+import logging
+import os
+import shutil
+import time
+import warnings
+from typing import Callable
+
+from . import config as _env
+from .bundler import (
+    REPLACE_SENTINEL,
+    MismatchPolicy,
+    TritonBundle,
+    TritonKernelArtifacts,
+    check_target,
+    installed_triton_version,
+    triton_cache_dir,
+)
+from .errors import BundleCompatibilityError
+
+log = logging.getLogger(__name__)
+
+TMP_PREFIX = "tmp."
+DEFAULT_MAX_AGE_S = 3600.0
+
+# Test-only: called with (kernel_hash, file name) after each file is written
+# into a temporary directory (the SIGKILL test pauses a restore here).
+_after_file_hook: Callable[[str, str], None] | None = None
+
+_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+_RACE_ERRNOS = frozenset({errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR})
+
+
+@dataclasses.dataclass
+class RestoreResult:
+    """What :func:`restore` did, per kernel hash."""
+
+    restored: list[str] = dataclasses.field(default_factory=list)
+    existing: list[str] = dataclasses.field(default_factory=list)
+    incompatible: dict[str, str] = dataclasses.field(default_factory=dict)  # hash -> reason
+    kernel_names: list[str] = dataclasses.field(default_factory=list)  # of restored kernels
+    files_written: int = 0
+    bytes_written: int = 0
+    stale_removed: list[str] = dataclasses.field(default_factory=list)
+
+
+# --------------------------------------------------------------------------
+# compatibility
+
+
+def _base_version(v: str) -> str:
+    return v.split("+", 1)[0]
+
+
+def mismatch_reason(
+    kernel: TritonKernelArtifacts, installed: str | None, target: str | None, default_version: str | None = None
+) -> str | None:
+    """Why ``kernel`` does not fit this installation, or ``None``."""
+    built = kernel.triton_version or default_version
+    if built and installed and _base_version(built) != _base_version(installed):
+        return f"built with triton {built}, installed is {installed}"
+    if target and kernel.target and kernel.target != target:
+        return f"built for {kernel.target}, expected {target}"
+    return None
+
+
+def _policy(on_mismatch: str | None) -> str:
+    policy = on_mismatch or _env.bundle_on_mismatch()
+    if policy not in ("warn", "error", "force"):
+        raise ValueError(f"on_mismatch must be 'warn', 'error' or 'force', not {policy!r}")
+    return policy
+
+
+# --------------------------------------------------------------------------
+# temporary directories
+
+
+def _pid_of(name: str) -> int | None:
+    """The owner pid of ``tmp.pid_<pid>_<...>`` (ours and Triton's names)."""
+    if not name.startswith("tmp.pid_"):
+        return None
+    digits = name[8:].split("_", 1)[0]
+    return int(digits) if digits.isdigit() else None
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OverflowError:
+        return False
+    return True
+
+
+def _is_stale(path: str, name: str, max_age: float | None, now: float) -> bool:
+    pid = _pid_of(name)
+    if pid is not None and not _pid_alive(pid):
+        return True
+    if max_age is None:
+        return False
+    try:
+        return now - os.lstat(path).st_mtime > max_age
+    except FileNotFoundError:
+        return False
+
+
+def _remove(path: str) -> bool:
+    """Remove a file or tree; ``False`` when it was already gone."""
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+        return True
+    except FileNotFoundError:
+        return False
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            return False
+        raise
+
+
+def _remove_stale(cache_dir: str, names: list[str], max_age: float | None) -> list[str]:
+    now = time.time()
+    removed = []
+    for name in names:
+        path = os.path.join(cache_dir, name)
+        if _is_stale(path, name, max_age, now) and _remove(path):
+            removed.append(path)
+    return removed
+
+
+@dataclasses.dataclass
+class CleanResult:
+    removed: list[str] = dataclasses.field(default_factory=list)
+    kept: list[str] = dataclasses.field(default_factory=list)  # tmp.* of live processes or too young
+
+
+def clean(
+    cache_dir: str | os.PathLike[str],
+    *,
+    max_age: float | None = DEFAULT_MAX_AGE_S,
+    everything: bool = False,
+    dry_run: bool = False,
+) -> CleanResult:
+    """Remove restore and Triton litter from ``cache_dir``: ``tmp.*`` entries
+    at the top level and inside kernel directories whose owning process is
+    gone (``tmp.pid_<pid>_*`` names) or that are older than ``max_age``
+    seconds (any ``tmp.*``; ``None``: never by age). ``everything=True``
+    removes every ``tmp.*`` (only when no compile or restore is running)."""
+    root = os.fspath(cache_dir)
+    now = time.time()
+    result = CleanResult()
+    candidates: list[tuple[str, str]] = []
+    with os.scandir(root) as it:
+        for e in it:
+            if e.name.startswith(TMP_PREFIX):
+                candidates.append((e.path, e.name))
+            elif e.is_dir(follow_symlinks=False):
+                try:
+                    with os.scandir(e.path) as sub:
+                        candidates += [(s.path, s.name) for s in sub if s.name.startswith(TMP_PREFIX)]
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+    for path, name in sorted(candidates):
+        if everything or _is_stale(path, name, max_age, now):
+            if dry_run or _remove(path):
+                result.removed.append(path)
+        else:
+            result.kept.append(path)
+    return result
+
+
+# --------------------------------------------------------------------------
+# restore
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _dir_has_files(path: str) -> bool:
+    try:
+        with os.scandir(path) as it:
+            return any(True for _ in it)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+
+
+def _write_kernel(
+    cache_dir: str, final: str, kernel: TritonKernelArtifacts, token: str, do_fsync: bool
+) -> tuple[bool, int]:
+    """Write one kernel via a temporary directory; returns (renamed, bytes)."""
+    tmp = os.path.join(cache_dir, f"tmp.pid_{os.getpid()}_{token}")
+    os.mkdir(tmp)
+    written = 0
+    try:
+        abs_final: bytes | None = None
+        hook = _after_file_hook
+        for art in kernel.artifacts:
+            payload = memoryview(art.payload).cast("B")
+            if art.filename.endswith(".json"):
+                text = bytes(payload)  # small; memoryview has no substring search
+                if REPLACE_SENTINEL in text:
+                    if abs_final is None:
+                        # JSON-escaped, so any directory name keeps the file valid
+                        abs_final = json.dumps(os.path.abspath(final))[1:-1].encode("ascii")
+                    payload = memoryview(text.replace(REPLACE_SENTINEL, abs_final))
+            fd = os.open(f"{tmp}/{art.filename}", _OPEN_FLAGS, 0o666)
+            try:
+                _write_all(fd, payload)
+                if do_fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            written += len(payload)
+            if hook is not None:
+                hook(kernel.kernel_hash, art.filename)
+        if do_fsync:
+            _fsync_dir(tmp)
+        try:
+            os.replace(tmp, final)
+        except OSError as e:
+            if e.errno not in _RACE_ERRNOS:
+                raise
+            # another process put this kernel in place first
+            _remove(tmp)
+            return False, 0
+        return True, written
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def restore(
+    bundle: TritonBundle,
+    cache_dir: str | os.PathLike[str] | None = None,
+    *,
+    on_mismatch: MismatchPolicy | None = None,
+    target: str | None = None,
+    fsync: bool | None = None,
+) -> RestoreResult:
+    """Write ``bundle``'s kernels into ``cache_dir`` (default: the Triton
+    cache directory of each kernel's device). See the module docstring for
+    the guarantees and the ``on_mismatch``/``target`` policy."""
+    from .bundle_format import check_bundle
+
+    check_bundle(bundle)
+    check_target(target)
+    policy = _policy(on_mismatch)
+    do_fsync = _env.fsync_enabled() if fsync is None else bool(fsync)
+    result = RestoreResult()
+
+    # 1. decide everything before writing anything
+    installed = installed_triton_version()
+    todo: list[tuple[str, TritonKernelArtifacts]] = []
+    for k in bundle.kernel_artifacts:
+        reason = mismatch_reason(k, installed, target, bundle.triton_version)
+        if reason is not None and policy != "force":
+            result.incompatible[k.kernel_hash] = reason
+            continue
+        root = os.fspath(cache_dir) if cache_dir is not None else triton_cache_dir(k.device)
+        todo.append((root, k))
+    if result.incompatible:
+        lines = "; ".join(f"{h}: {r}" for h, r in list(result.incompatible.items())[:5])
+        more = len(result.incompatible) - 5
+        msg = (f"{len(result.incompatible)} bundled kernel(s) do not fit this installation "
+               f"({lines}{f'; and {more} more' if more > 0 else ''})")
+        if policy == "error":
+            raise BundleCompatibilityError(msg + "; nothing was written")
+        warnings.warn(msg + "; skipped them", RuntimeWarning, stacklevel=2)
+        log.debug("%s; skipped them", msg)
+
+    # 2. one listing per cache directory: existing kernels and stale litter
+    listings: dict[str, set[str]] = {}
+    token = os.urandom(6).hex()
+    renamed_in: set[str] = set()
+    for n, (root, k) in enumerate(todo):
+        names = listings.get(root)
+        if names is None:
+            os.makedirs(root, exist_ok=True)
+            names = set(os.listdir(root))
+            litter = [x for x in names if x.startswith(TMP_PREFIX)]
+            if litter:
+                result.stale_removed += _remove_stale(root, litter, max_age=None)
+            listings[root] = names
+        final = os.path.join(root, k.kernel_hash)
+        if k.kernel_hash in names and _dir_has_files(final):
+            result.existing.append(k.kernel_hash)
+            continue
+        ok, written = _write_kernel(root, final, k, f"{token}_{n}", do_fsync)
+        if ok:
+            result.restored.append(k.kernel_hash)
+            result.kernel_names += k.kernel_names()
+            result.files_written += len(k.artifacts)
+            result.bytes_written += written
+            renamed_in.add(root)
+        else:
+            result.existing.append(k.kernel_hash)
+    if do_fsync:
+        for root in renamed_in:
+            _fsync_dir(root)
+    return result

@@ -1,0 +1,516 @@
+"""TritonBundler and the bundle file, on kernels really compiled by Triton
+for cuda:90 (no GPU needed)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+
+import pytest
+
+import bundle_kernels
+import pyruntime
+from pyruntime import bundle_format, native
+from pyruntime.bundler import (
+    REPLACE_SENTINEL,
+    TritonBundle,
+    TritonBundleEntry,
+    TritonBundler,
+    TritonBundlerMetadata,
+    TritonKernelArtifact,
+    TritonKernelArtifacts,
+    collect_dir,
+    installed_triton_version,
+    load_bundle,
+    triton_cache_dir,
+)
+from pyruntime.errors import BundleFormatError
+
+KERNEL_NAMES = sorted(fn.__name__ for fn, _, _ in bundle_kernels.SAMPLES)
+
+
+@pytest.fixture(scope="session")
+def kernel_cache(tmp_path_factory):
+    return bundle_kernels.shared_cache(tmp_path_factory)
+
+
+@pytest.fixture
+def bundler_state(monkeypatch):
+    """A clean TritonBundler around each life-cycle test."""
+    monkeypatch.delenv("PYRUNTIME_BUNDLE", raising=False)
+    monkeypatch.setattr(TritonBundler, "config", pyruntime.bundler.BundlerConfig())
+    TritonBundler.end_compile()
+    yield TritonBundler
+    TritonBundler.end_compile()
+
+
+def _files(root: str) -> dict[str, bytes]:
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for f in filenames:
+            p = os.path.join(dirpath, f)
+            with open(p, "rb") as fh:
+                out[os.path.relpath(p, root)] = fh.read()
+    return out
+
+
+# --------------------------------------------------------------------------
+# public names
+
+
+def test_public_names_are_lazy_exports():
+    for name in ("TritonBundler", "TritonBundle", "TritonBundleEntry", "TritonKernelArtifact",
+                 "TritonKernelArtifacts", "TritonBundlerMetadata", "collect_dir", "load_bundle"):
+        assert name in pyruntime.__all__
+        assert getattr(pyruntime, name) is getattr(pyruntime.bundler, name)
+
+
+def test_import_pyruntime_bundler_does_not_import_triton_or_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, pyruntime; pyruntime.TritonBundler; pyruntime.load_bundle; "
+            "import pyruntime.cache, pyruntime.bundle_format, pyruntime._cli_bundle; "
+            "print('triton' in sys.modules, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+# --------------------------------------------------------------------------
+# collect
+
+
+def test_collect_dir_reads_every_compiled_kernel(kernel_cache):
+    cache_dir, hashes = kernel_cache
+    bundle = collect_dir(cache_dir)
+    assert sorted(k.kernel_hash for k in bundle.kernel_artifacts) == sorted(hashes)
+    assert sorted(bundle.kernel_names()) == KERNEL_NAMES
+    assert bundle.targets == ["cuda:90"]
+    assert bundle.triton_version == installed_triton_version() == "3.9.0"
+    for k in bundle.kernel_artifacts:
+        assert k.target == "cuda:90" and k.triton_version == "3.9.0" and k.device == 0
+        names = {a.filename for a in k.artifacts}
+        (kname,) = k.kernel_names()
+        assert {f"{kname}.cubin", f"{kname}.json", f"__grp__{kname}.json", f"{kname}.ptx",
+                f"{kname}.ttir", f"{kname}.ttgir", f"{kname}.llir"} <= names
+        for a in k.artifacts:
+            with open(os.path.join(cache_dir, k.kernel_hash, a.filename), "rb") as f:
+                on_disk = f.read()
+            if a.filename.startswith("__grp__"):
+                # the directory became the sentinel, nothing else changed
+                assert REPLACE_SENTINEL in a.payload
+                assert os.fsencode(cache_dir) not in a.payload
+                restored = bytes(a.payload).replace(REPLACE_SENTINEL, os.fsencode(os.path.join(cache_dir, k.kernel_hash)))
+                assert restored == on_disk
+            else:
+                assert a.payload == on_disk
+
+
+def test_collect_dir_with_hashes_and_missing_ones(kernel_cache):
+    cache_dir, hashes = kernel_cache
+    bundle = collect_dir(cache_dir, [hashes[2], "NOSUCHKERNEL", hashes[0], hashes[2]])
+    assert [k.kernel_hash for k in bundle.kernel_artifacts] == [hashes[2], hashes[0]]
+
+
+def test_collect_dir_skips_incomplete_and_foreign_entries(kernel_cache, tmp_path):
+    cache_dir, hashes = kernel_cache
+    root = tmp_path / "cache"
+    shutil.copytree(cache_dir, root)
+    # a kernel still being written (no __grp__ yet), Triton tmp litter, a stray file
+    (root / "HALFWRITTEN").mkdir()
+    (root / "HALFWRITTEN" / "k.ttir").write_text("partial")
+    (root / "tmp.pid_1_abc").mkdir()
+    (root / "README").write_text("not a kernel")
+    (root / hashes[0] / "tmp.pid_9_x").mkdir()  # Triton's in-flight dir inside a kernel
+    (root / hashes[0] / "lock").write_text("")
+    bundle = collect_dir(root)
+    assert sorted(k.kernel_hash for k in bundle.kernel_artifacts) == sorted(hashes)
+    first = next(k for k in bundle.kernel_artifacts if k.kernel_hash == hashes[0])
+    assert not any(a.filename in ("tmp.pid_9_x", "lock") for a in first.artifacts)
+
+
+def test_collect_dir_bad_arguments(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        collect_dir(tmp_path / "missing")
+    (tmp_path / "f").write_text("")
+    with pytest.raises(NotADirectoryError):
+        collect_dir(tmp_path / "f")
+    with pytest.raises(BundleFormatError, match="not a plain directory name"):
+        collect_dir(tmp_path, ["../etc"])
+    assert len(collect_dir(tmp_path)) == 0
+
+
+def test_collect_refuses_a_json_that_already_holds_the_sentinel(kernel_cache, tmp_path):
+    cache_dir, hashes = kernel_cache
+    root = tmp_path / "cache"
+    shutil.copytree(cache_dir, root)
+    meta = next(p for p in (root / hashes[1]).iterdir() if p.suffix == ".json" and not p.name.startswith("__grp__"))
+    meta.write_text(meta.read_text().replace('"debug"', '"[REPLACE]"'))
+    with pytest.raises(BundleFormatError, match=r"already contains the \[REPLACE\] sentinel"):
+        collect_dir(root)
+    # other files may hold it: only .json payloads are rewritten
+    (root / hashes[1] / meta.name).write_text("{}")
+    (root / hashes[1] / "notes.txt").write_bytes(b"[REPLACE]")
+    assert len(collect_dir(root)) == len(hashes)
+
+
+def test_collect_relocates_any_spelling_of_the_cache_dir(tmp_path):
+    """Triton may have been given a symlinked or relative cache path: the
+    __grp__ child paths name the directory however Triton spelled it."""
+    real = tmp_path / "real"
+    hashes = bundle_kernels.compile_samples(str(real), bundle_kernels.SAMPLES[:1])
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    grp = next((real / hashes[0]).glob("__grp__*.json"))
+    text = grp.read_text().replace(str(real), str(link))  # as if compiled through the link
+    grp.write_text(text)
+    for root in (real, link):
+        (k,) = collect_dir(root).kernel_artifacts
+        payload = next(a.payload for a in k.artifacts if a.filename == grp.name)
+        assert str(tmp_path).encode() not in payload
+        paths = json.loads(payload)["child_paths"]
+        assert all(p.startswith("[REPLACE]/") for p in paths.values())
+
+
+def test_kernel_file_names_come_from_binary_artifacts():
+    k = TritonKernelArtifacts("H", 0, [TritonKernelArtifact(n, b"") for n in
+                                       ("a.cubin", "a.json", "b.hsaco", "c.spv", "c.ttir", "__grp__a.json")])
+    assert k.kernel_names() == ["a", "b", "c"]
+
+
+# --------------------------------------------------------------------------
+# the bundle file
+
+
+def test_round_trip_bytes_and_file(kernel_cache, tmp_path):
+    cache_dir, _ = kernel_cache
+    bundle = collect_dir(cache_dir)
+    data = bundle.to_bytes()
+    again = TritonBundle.from_bytes(data)
+    assert again == bundle
+    assert again.content_digest and len(again.content_digest) == 32
+    assert again.pyruntime_version == pyruntime.__version__
+    for k in again.kernel_artifacts:
+        for a in k.artifacts:
+            assert isinstance(a.payload, memoryview) and a.payload.readonly
+    path = tmp_path / "k.prtb"
+    assert bundle.save(path) == len(data) == path.stat().st_size
+    assert load_bundle(path) == bundle
+    assert not [p for p in tmp_path.iterdir() if p.name != "k.prtb"]  # no temporary left
+    assert bundle.save(path) == len(data)  # over an existing file
+    assert path.read_bytes() == data
+
+
+def test_bytes_are_deterministic_and_digest_is_stable(kernel_cache):
+    cache_dir, _ = kernel_cache
+    a, b = collect_dir(cache_dir).to_bytes(), collect_dir(cache_dir).to_bytes()
+    assert a == b
+    assert TritonBundle.from_bytes(a).content_digest == TritonBundle.from_bytes(b).content_digest
+
+
+def test_bundle_is_much_smaller_than_its_files(kernel_cache):
+    cache_dir, _ = kernel_cache
+    bundle = collect_dir(cache_dir)
+    assert len(bundle.to_bytes()) < 0.35 * bundle.size
+
+
+def test_every_backend_reads_what_the_other_wrote(kernel_cache, backend, monkeypatch):
+    cache_dir, _ = kernel_cache
+    bundle = collect_dir(cache_dir)
+    written = {}
+    for b in native.backends():
+        monkeypatch.setattr(native, "backend", b)
+        written[b.name] = bundle.to_bytes()
+    monkeypatch.setattr(native, "backend", backend)
+    for data in written.values():
+        assert TritonBundle.from_bytes(data) == bundle
+
+
+def test_empty_bundle_round_trips():
+    data = TritonBundle([]).to_bytes()
+    empty = TritonBundle.from_bytes(data)
+    assert empty.kernel_artifacts == [] and empty.targets == []
+
+
+def test_many_blobs(kernel_cache, monkeypatch):
+    cache_dir, _ = kernel_cache
+    monkeypatch.setattr(bundle_format, "BLOB_LIMIT", 4096)
+    bundle = collect_dir(cache_dir)
+    data = bundle.to_bytes()
+    header = json.loads(pyruntime.packing.unpack(data)[0][1])
+    assert len(header["blobs"]) > 10
+    assert TritonBundle.from_bytes(data) == bundle
+
+
+def test_in_memory_bundle_with_unsafe_names_is_refused_on_save(tmp_path):
+    for bad in (
+        TritonBundle([TritonKernelArtifacts("..", 0, [])]),
+        TritonBundle([TritonKernelArtifacts("tmp.x", 0, [])]),
+        TritonBundle([TritonKernelArtifacts("K", 0, [TritonKernelArtifact("../x", b"")])]),
+        TritonBundle([TritonKernelArtifacts("K", 0, [TritonKernelArtifact("a", b""), TritonKernelArtifact("a", b"")])]),
+        TritonBundle([TritonKernelArtifacts("K", 0, []), TritonKernelArtifacts("K", 0, [])]),
+        TritonBundle([TritonKernelArtifacts("K", -1, [])]),
+    ):
+        with pytest.raises(BundleFormatError):
+            bad.save(tmp_path / "x.prtb")
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------
+# corrupt and hostile bundles
+
+
+@pytest.fixture(scope="module")
+def good_bytes(kernel_cache):
+    return collect_dir(kernel_cache[0]).to_bytes()
+
+
+def test_bit_flips_anywhere_are_detected(good_bytes):
+    """Every flipped bit is refused, except where LZ4's encoding is redundant
+    (a match offset pointing at identical bytes): those decode to the very
+    same content, which the checksums and digest then prove."""
+    original = TritonBundle.from_bytes(good_bytes)
+    n = len(good_bytes)
+    positions = sorted(set(range(0, 256)) | set(range(0, n, max(1, n // 400))) | set(range(n - 64, n)))
+    refused = 0
+    for pos in positions:
+        for bit in (0, 5):
+            bad = bytearray(good_bytes)
+            bad[pos] ^= 1 << bit
+            try:
+                got = TritonBundle.from_bytes(bytes(bad))
+            except BundleFormatError:
+                refused += 1
+                continue
+            assert got == original and got.content_digest == original.content_digest, (pos, bit)
+    assert refused >= 0.95 * 2 * len(positions)
+
+
+def test_truncation_and_trailing_bytes_are_detected(good_bytes):
+    n = len(good_bytes)
+    for cut in sorted(set(range(0, 64)) | set(range(0, n, max(1, n // 200))) | {n - 1}):
+        with pytest.raises(BundleFormatError):
+            TritonBundle.from_bytes(good_bytes[:cut])
+    with pytest.raises(BundleFormatError):
+        TritonBundle.from_bytes(good_bytes + b"\0")
+
+
+def _craft(kernels, blobs, header_changes=None) -> bytes:
+    """A container with a correct digest around a hand-made kernel table:
+    only the bundle's own checks stand between it and the disk."""
+    kernels_json = json.dumps(kernels).encode() if not isinstance(kernels, bytes) else kernels
+    header = {
+        "format": "pyruntime-triton-bundle", "format_version": 1, "pyruntime_version": "0.1.0",
+        "triton_version": "3.9.0", "targets": ["cuda:90"],
+        "content_digest": bundle_format.content_digest(kernels_json, blobs),
+        "blobs": [len(b) for b in blobs],
+    }
+    header.update(header_changes or {})
+    entries = [("header.json", json.dumps(header).encode()), ("kernels.json", kernels_json)]
+    entries += [(f"blob.{i}", b) for i, b in enumerate(blobs)]
+    return pyruntime.packing.pack(entries)
+
+
+def _kernel(h="K", files=(("a.cubin", 0, 0, 4),), **kw):
+    k = {"hash": h, "device": 0, "target": "cuda:90", "triton_version": "3.9.0", "files": [list(f) for f in files]}
+    k.update(kw)
+    return k
+
+
+def test_crafted_bundle_sanity():
+    bundle = TritonBundle.from_bytes(_craft([_kernel()], [b"ABCD"]))
+    assert bundle.kernel_artifacts[0].artifacts[0].payload == b"ABCD"
+
+
+@pytest.mark.parametrize("kernels,blobs,match", [
+    ([_kernel(h="../../etc")], [b"ABCD"], "not a plain directory name"),
+    ([_kernel(h="/abs")], [b"ABCD"], "not a plain directory name"),
+    ([_kernel(h="..")], [b"ABCD"], "not a plain directory name"),
+    ([_kernel(h=".hidden")], [b"ABCD"], "not a plain directory name"),
+    ([_kernel(h="tmp.pid_1_x")], [b"ABCD"], "not a plain directory name"),
+    ([_kernel(h="")], [b"ABCD"], "not a plain directory name"),
+    ([_kernel(h=5)], [b"ABCD"], "must be a string"),
+    ([_kernel(files=[("../../x", 0, 0, 4)])], [b"ABCD"], "not a plain file name"),
+    ([_kernel(files=[("sub/x", 0, 0, 4)])], [b"ABCD"], "not a plain file name"),
+    ([_kernel(files=[("..", 0, 0, 4)])], [b"ABCD"], "not a plain file name"),
+    ([_kernel(files=[("a\\b", 0, 0, 4)])], [b"ABCD"], "not a plain file name"),
+    ([_kernel(files=[("a\x00b", 0, 0, 4)])], [b"ABCD"], "not a plain file name"),
+    ([_kernel(files=[("x\n", 0, 0, 4)])], [b"ABCD"], "not a plain file name"),
+    ([_kernel(files=[("lock", 0, 0, 4)])], [b"ABCD"], "not a plain file name"),
+    ([_kernel(files=[("a", 0, 0, 2), ("a", 0, 2, 2)])], [b"ABCD"], "appears twice"),
+    ([_kernel(), _kernel()], [b"ABCDABCD"], "appears twice"),
+    ([_kernel(files=[("a", 0, 0, 3), ("b", 0, 2, 2)])], [b"ABCD"], "overlaps"),
+    ([_kernel(files=[("a", 0, 0, 1), ("b", 0, 2, 2)])], [b"ABCD"], "gap"),
+    ([_kernel(files=[("a", 0, 0, 3)])], [b"ABCD"], "cover 3 of its 4"),
+    ([_kernel(files=[("a", 1, 0, 4)])], [b"ABCD"], "does not exist"),
+    ([_kernel(files=[("a", 0, 0, -4)])], [b"ABCD"], r"\[name, blob, offset, size\]"),
+    ([_kernel(files=[("a", 0, 0, True)])], [b"ABCD"], r"\[name, blob, offset, size\]"),
+    ([_kernel(files=[("a", 0, 0)])], [b"ABCD"], r"\[name, blob, offset, size\]"),
+    ([_kernel(device=-1)], [b"ABCD"], "device"),
+    ([_kernel(device="0")], [b"ABCD"], "device"),
+    ([_kernel(target="cuda:80")], [b"ABCD"], "targets"),
+    ([{**_kernel(), "extra": 1}], [b"ABCD"], "keys"),
+    ({"not": "a list"}, [b"ABCD"], "not a list"),
+    (b"[" * 100000, [], "not valid JSON"),
+    (b'[{"hash":"K","hash":"L","device":0,"target":null,"triton_version":null,"files":[]}]', [], "twice"),
+])
+def test_hostile_kernel_tables_are_refused(kernels, blobs, match, tmp_path):
+    data = _craft(kernels, blobs)
+    with pytest.raises(BundleFormatError, match=match):
+        TritonBundle.from_bytes(data)
+    (tmp_path / "b.prtb").write_bytes(data)
+    with pytest.raises(BundleFormatError, match=match):
+        load_bundle(tmp_path / "b.prtb")
+
+
+@pytest.mark.parametrize("changes,match", [
+    ({"format": "something-else"}, "not a kernel bundle"),
+    ({"format_version": 2}, "format version 2 is not supported"),
+    ({"format_version": "1"}, "not an integer"),
+    ({"content_digest": "0" * 32}, "digest mismatch"),
+    ({"content_digest": "xyz"}, "32 lowercase hex"),
+    ({"blobs": [5]}, "holds 4 bytes"),
+    ({"blobs": []}, "do not match"),
+    ({"targets": "cuda:90"}, "targets"),
+    ({"targets": ["cuda:80"]}, "differ"),
+    ({"triton_version": 3}, "triton_version"),
+    ({"surprise": True}, "unexpected keys"),
+])
+def test_hostile_headers_are_refused(changes, match):
+    with pytest.raises(BundleFormatError, match=match):
+        TritonBundle.from_bytes(_craft([_kernel()], [b"ABCD"], changes))
+
+
+def test_digest_covers_the_kernel_table():
+    """A valid container whose kernel table was swapped after the digest was
+    made (file names moved between kernels) fails the digest check."""
+    kernels = [_kernel("K1", [("a", 0, 0, 2)]), _kernel("K2", [("b", 0, 2, 2)])]
+    good = _craft(kernels, [b"ABCD"])
+    entries = pyruntime.packing.unpack(good)
+    swapped = json.dumps([_kernel("K1", [("a", 0, 2, 2)]), _kernel("K2", [("b", 0, 0, 2)])]).encode()
+    entries[1] = ("kernels.json", swapped)
+    with pytest.raises(BundleFormatError, match="digest mismatch"):
+        TritonBundle.from_bytes(pyruntime.packing.pack(entries))
+
+
+def test_not_a_bundle():
+    with pytest.raises(BundleFormatError, match="bad magic"):
+        TritonBundle.from_bytes(b"\x80\x04pickle-ish" * 10)
+    with pytest.raises(BundleFormatError, match="not a kernel bundle"):
+        TritonBundle.from_bytes(pyruntime.packing.pack([("x", b"y")]))
+    with pytest.raises(BundleFormatError, match="not a kernel bundle"):
+        TritonBundle.from_bytes(pyruntime.packing.pack([("header.json", b"{}"), ("kernels.json", b"[]")]))
+
+
+# --------------------------------------------------------------------------
+# the life cycle
+
+
+def test_is_enabled_sources(bundler_state, monkeypatch):
+    tb = bundler_state
+    assert tb.is_enabled() is False  # off by default
+    tb.config.enabled = True
+    assert tb.is_enabled() is True
+    monkeypatch.setenv("PYRUNTIME_BUNDLE", "0")  # the environment wins
+    assert tb.is_enabled() is False
+    tb.config.enabled = False
+    monkeypatch.setenv("PYRUNTIME_BUNDLE", "1")
+    assert tb.is_enabled() is True
+    tb.config.force_disable = True  # except over force_disable
+    assert tb.is_enabled() is False
+
+
+def test_life_cycle_records_puts_and_collects(bundler_state, kernel_cache, monkeypatch):
+    tb = bundler_state
+    cache_dir, hashes = kernel_cache
+    monkeypatch.setenv("PYRUNTIME_BUNDLE", "1")
+    monkeypatch.setenv("TRITON_CACHE_DIR", cache_dir)
+    tb.put(hashes[0], 0)  # before begin_compile: ignored
+    tb.begin_compile()
+    with pytest.raises(RuntimeError, match="begin_compile"):
+        tb.begin_compile()
+    tb.put(hashes[1], 0)
+    tb.put(hashes[0], 0)
+    tb.put(hashes[1], 0)  # twice: bundled once
+    tb.put("GONE0000", 0)  # its directory is not there: skipped
+    assert tb._entries[0] == TritonBundleEntry(hashes[1], 0, cache_dir)
+    bundle, meta = tb.collect()
+    assert [k.kernel_hash for k in bundle.kernel_artifacts] == [hashes[1], hashes[0]]
+    assert isinstance(meta, TritonBundlerMetadata)
+    assert meta.cached_kernel_names == bundle.kernel_names() and len(meta.cached_kernel_names) == 2
+    assert meta.statically_launched_kernel_names == []
+    # collect ended the recording
+    tb.put(hashes[2], 0)
+    assert tb.collect() == (TritonBundle([]), None)
+
+
+def test_put_with_explicit_cache_dir(bundler_state, kernel_cache, monkeypatch, tmp_path):
+    tb = bundler_state
+    cache_dir, hashes = kernel_cache
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))  # not where the kernels are
+    tb.config.enabled = True
+    tb.begin_compile()
+    tb.put(hashes[3], 0, cache_dir=cache_dir)
+    with pytest.raises(BundleFormatError):
+        tb.put("../x", 0)
+    bundle, _ = tb.collect()
+    assert [k.kernel_hash for k in bundle.kernel_artifacts] == [hashes[3]]
+
+
+def test_disabled_bundler_records_nothing(bundler_state, kernel_cache, monkeypatch):
+    tb = bundler_state
+    cache_dir, hashes = kernel_cache
+    tb.begin_compile()
+    tb.put(hashes[0], 0, cache_dir=cache_dir)
+    assert tb.collect() == (TritonBundle([]), None)
+    assert tb.read_and_emit(collect_dir(cache_dir)) is None
+
+
+def test_end_compile_drops_the_recording(bundler_state, kernel_cache):
+    tb = bundler_state
+    cache_dir, hashes = kernel_cache
+    tb.config.enabled = True
+    tb.begin_compile()
+    tb.put(hashes[0], 0, cache_dir=cache_dir)
+    tb.end_compile()
+    assert tb.collect() == (TritonBundle([]), None)
+    tb.begin_compile()  # may start again
+    tb.end_compile()
+
+
+def test_read_and_emit_restores_into_the_triton_cache_dir(bundler_state, kernel_cache, monkeypatch, tmp_path):
+    tb = bundler_state
+    cache_dir, hashes = kernel_cache
+    tb.config.enabled = True
+    bundle = collect_dir(cache_dir)
+    target = tmp_path / "fresh"
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(target))
+    meta = tb.read_and_emit(bundle)
+    assert sorted(meta.cached_kernel_names) == KERNEL_NAMES
+    assert sorted(os.listdir(target)) == sorted(hashes)
+    meta = tb.read_and_emit(bundle)  # all present now: nothing written, no names
+    assert meta.cached_kernel_names == []
+
+
+def test_triton_cache_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "c"))
+    assert triton_cache_dir(0) == triton_cache_dir(3) == str(tmp_path / "c")
+    monkeypatch.delenv("TRITON_CACHE_DIR")
+    monkeypatch.setenv("TRITON_HOME", str(tmp_path))
+    assert triton_cache_dir(1) == str(tmp_path / ".triton" / "cache")
+    monkeypatch.delenv("TRITON_HOME")
+    assert triton_cache_dir() == os.path.expanduser("~/.triton/cache")
+    # the same directory Triton itself uses
+    import triton
+
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "d"))
+    assert triton.knobs.cache.dir == triton_cache_dir(0)
+
+
+def test_dataclasses_are_frozen():
+    a = TritonKernelArtifact("x", b"1")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        a.filename = "y"
+    assert "payload" not in repr(a)
