@@ -1,0 +1,214 @@
+"""``python -m pyruntime precompile KERNELS_FILE``: build a kernel list ahead of time.
+
+::
+
+    python -m pyruntime precompile kernels.toml --target cuda:90 --workers 8 \\
+        --cache-dir build/triton-cache [--bundle build/kernels.prtb] [--json results.json]
+
+Reads the kernel-list file (docs/KERNELS.md), builds every kernel in a pool
+of workers for the target(s) (``--target`` may be repeated; it replaces the
+file's targets), shows progress on stderr (a rewritten line on a terminal,
+periodic lines otherwise) and prints a closing summary on stdout: how many
+kernels were compiled, found already cached or failed, the wall time, the
+sum of per-kernel compile times and the speed-up of the pool over building
+them one after another. Failed kernels are listed with Triton's diagnostic.
+
+Exit status: 0 when every kernel built, 1 when any failed (no bundle is
+written then), 2 for bad input (an unreadable or invalid kernel list, an
+unknown target, ``local`` on a machine without a GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import tempfile
+import time
+from typing import Any, Sequence
+
+__all__ = ["register", "run", "format_summary"]
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "precompile",
+        help="build the Triton kernels of a kernel-list file ahead of time",
+        description="Build the Triton kernels of a kernel-list file (docs/KERNELS.md) ahead of time, "
+                    "in a pool of workers, for a named GPU target; no GPU needed.",
+        epilog="Exit status: 0 when every kernel built, 1 when any failed, 2 for bad input.",
+    )
+    p.add_argument("kernels_file", metavar="KERNELS_FILE", help="kernel list (.toml or .json)")
+    p.add_argument("--target", action="append", metavar="TARGET",
+                   help="cuda:<sm>, hip:<gfx arch> or local; repeat for several; replaces the file's targets")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="worker processes (default: PYRUNTIME_WORKERS or the CPU count)")
+    p.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="Triton cache to build into (default: TRITON_CACHE_DIR or ~/.triton/cache)")
+    p.add_argument("--bundle", default=None, metavar="OUT", help="write the built kernels to this bundle file")
+    p.add_argument("--json", dest="json_out", default=None, metavar="OUT", help="write per-kernel results as JSON")
+    p.add_argument("--pool", choices=("auto", "subproc", "process"), default="auto",
+                   help="worker pool: the project's SubprocPool or a spawn ProcessPoolExecutor (default: auto)")
+    p.add_argument("--dry-run", action="store_true", help="check the kernel list and show what would be built")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    p.add_argument("-v", "--verbose", action="store_true", help="a line per kernel, and tracebacks of failures")
+    p.set_defaults(handler=run)
+
+
+def _user_error(msg: str) -> Exception:
+    from .cli import UserError
+
+    return UserError(msg)
+
+
+def _load_specs(args: argparse.Namespace) -> list[Any]:
+    from .kernels import TargetError, load_kernel_list, parse_target
+
+    targets: list[str] = []
+    for t in args.target or []:
+        try:
+            targets.append(str(parse_target(t)))
+        except TargetError as e:
+            raise _user_error(f"--target: {e}") from None
+    specs = load_kernel_list(args.kernels_file)
+    if targets:
+        specs = [s.with_target(t) for t in dict.fromkeys(targets) for s in specs]
+    unique: dict[str, Any] = {}
+    for s in specs:
+        unique.setdefault(s.key() + "|" + s.target, s)
+    if len(unique) < len(specs):
+        print(f"precompile: {len(specs) - len(unique)} duplicate kernel entries skipped", file=sys.stderr)
+    return list(unique.values())
+
+
+def _bundle_api() -> Any:
+    try:
+        mod = importlib.import_module("pyruntime.bundler")
+    except ModuleNotFoundError as e:
+        if e.name != "pyruntime.bundler":
+            raise
+        mod = None
+    collect = getattr(mod, "collect_dir", None)
+    if collect is None:
+        raise _user_error("--bundle needs pyruntime.bundler.collect_dir, which this installation lacks")
+    return collect
+
+
+def _write_json_atomic(path: str, data: Any) -> None:
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp.", dir=d)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, default=str)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _indent(text: str, prefix: str = "    ") -> str:
+    return "\n".join(prefix + line for line in text.rstrip().splitlines())
+
+
+def format_summary(results: Sequence[Any], wall_s: float, *, workers: int | None = None,
+                   cache_dir: str | None = None, verbose: bool = False) -> str:
+    """The closing report: optional per-kernel lines, the totals table, then the failures."""
+    n = len(results)
+    compiled = sum(r.status == "compiled" for r in results)
+    cached = sum(r.status == "cached" for r in results)
+    failed = [r for r in results if not r.ok]
+    kernel_s = sum(r.compile_time_s for r in results)
+    targets = ", ".join(dict.fromkeys(r.target for r in results)) or "-"
+    out: list[str] = []
+    head = f"precompile: {n} kernels for {targets}"
+    if workers:
+        head += f", {workers} workers"
+    if cache_dir:
+        head += f", cache {cache_dir}"
+    out.append(head)
+    if verbose and results:
+        out.append("")
+        width = max(len(r.label) for r in results)
+        out.append(f"  {'kernel':<{width}}  {'target':<10}  {'status':<8}  {'time':>8}  cache key")
+        for r in results:
+            key = (r.cache_key or "-")[:16]
+            out.append(f"  {r.label:<{width}}  {r.target:<10}  {r.status:<8}  {r.compile_time_s:>6.3f} s  {key}")
+    speedup = f"{kernel_s / wall_s:.2f}x" if wall_s > 0 and kernel_s > 0 else "n/a"
+    rate = f"{n / wall_s:.2f} kernels/s" if wall_s > 0 else "n/a"
+    rows = [
+        ("compiled", f"{compiled}"),
+        ("already cached", f"{cached}"),
+        ("failed", f"{len(failed)}"),
+        ("wall time", f"{wall_s:.2f} s"),
+        ("sum of kernel times", f"{kernel_s:.2f} s"),
+        ("speed-up", speedup),
+        ("throughput", rate),
+    ]
+    out.append("")
+    for k, v in rows:
+        out.append(f"  {k:<20} {v:>12}")
+    if failed:
+        out.append("")
+        out.append(f"failed kernels ({len(failed)}):")
+        for r in failed:
+            out.append(f"  {r.label} ({r.target})")
+            out.append(_indent(r.error or "unknown error"))
+            if verbose and r.traceback:
+                out.append(_indent(r.traceback, "      "))
+    warns = list(dict.fromkeys(w for r in results for w in r.warnings))
+    if warns:
+        out.append("")
+        out.append("triton warnings:")
+        out.extend(_indent(w, "  ") for w in warns)
+    return "\n".join(out)
+
+
+def run(args: argparse.Namespace) -> int:
+    from . import config
+    from .precompile import ProgressBar, default_cache_dir, precompile
+
+    if args.workers is not None and args.workers < 1:
+        raise _user_error(f"--workers must be at least 1, not {args.workers}")
+    specs = _load_specs(args)
+    cache_dir = os.path.abspath(args.cache_dir or default_cache_dir())
+    workers = args.workers or config.default_workers()
+    if args.dry_run:
+        for s in specs:
+            print(f"{s.label}  {s.target}  {s.fn or f'{s.source}:{s.function}'}")
+        print(f"precompile: {len(specs)} kernels would be built into {cache_dir} ({workers} workers)")
+        return 0
+    collect = _bundle_api() if args.bundle else None
+    if not specs:
+        raise _user_error(f"{args.kernels_file}: the kernel list is empty")
+
+    bar = None if args.quiet else ProgressBar(sys.stderr)
+    start = time.perf_counter()
+    results = precompile(specs, workers=workers, cache_dir=cache_dir, progress=bar, pool_kind=args.pool)
+    wall = time.perf_counter() - start
+    print(format_summary(results, wall, workers=min(workers, len(specs)), cache_dir=cache_dir,
+                         verbose=args.verbose))
+    failed = [r for r in results if not r.ok]
+    if args.json_out:
+        _write_json_atomic(args.json_out, {
+            "cache_dir": cache_dir, "wall_s": wall, "workers": workers,
+            "results": [r.to_dict() for r in results],
+        })
+    if collect is not None:
+        if failed:
+            print(f"\nbundle: not written ({len(failed)} kernels failed)")
+        else:
+            keys = list(dict.fromkeys(r.cache_key for r in results if r.cache_key))
+            bundle = collect(cache_dir, keys)
+            os.makedirs(os.path.dirname(os.path.abspath(args.bundle)), exist_ok=True)
+            bundle.save(args.bundle)
+            size = os.path.getsize(args.bundle)
+            print(f"\nbundle: {args.bundle} ({len(keys)} kernels, {size / 1024:.1f} KiB)")
+    sys.stdout.flush()
+    return 1 if failed else 0
