@@ -43,6 +43,13 @@ _LAZY = {
     "TritonBundlerMetadata": "bundler",
     "collect_dir": "bundler",
     "load_bundle": "bundler",
+    "run_out_of_process": "outofproc",
+    "submit_out_of_process": "outofproc",
+    "bump_cache_generation": "outofproc",
+    "cache_generation": "outofproc",
+    "register_clear_hook": "outofproc",
+    "unregister_clear_hook": "outofproc",
+    "shutdown_out_of_process": "outofproc",
 }
 
 __all__ = [
