@@ -82,6 +82,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
 import os
 import re
@@ -518,13 +519,44 @@ def compile_inputs(spec: KernelSpec, fn: Any | None = None) -> tuple[Any, Any, d
                 f"options.{k}: not a compile option of Triton's {target.backend} backend{extra}"
             )
     div = set(spec.divisibility)
-    attrs = {
-        (i,): backend.parse_attr("D" if p.name in div else "")
-        for i, p in enumerate(params)
-        if signature[p.name] != "constexpr"
-    }
+    constexpr_attrs = _jit_constexpr_attr_rule()
+    attrs = {}
+    for i, p in enumerate(params):  # index order: str(attrs) is part of the cache key
+        ty = signature[p.name]
+        if ty != "constexpr":
+            # the JIT specialises alignment only for pointers and integers;
+            # float and bool scalars get no attribute entry at all
+            if ty.startswith("*") or (ty[0] in "iu" and ty != "u1"):
+                attrs[(i,)] = backend.parse_attr("D" if p.name in div else "")
+        elif constexpr_attrs == "all":
+            attrs[(i,)] = backend.parse_attr("")
+        elif constexpr_attrs == "str" and isinstance(constexprs[p.name], str):
+            attrs[(i,)] = backend.parse_attr(constexprs[p.name])
     src = ASTSource(fn, signature, constexprs=constexprs, attrs=attrs)
     return src, target, dict(spec.options)
+
+
+@functools.lru_cache(maxsize=None)
+def _jit_constexpr_attr_rule() -> str:
+    """Which constexpr arguments the installed Triton's JIT gives an attribute
+    entry, so a precompiled kernel gets the cache key a launch computes.
+
+    Triton 3.6 gives one to constexprs whose value is a string (the value
+    itself goes through ``parse_attr``); 3.7+ gives every constexpr an empty
+    one. Read off the JIT's own code rather than guessed from the version."""
+    import inspect
+
+    from triton.runtime.jit import JITFunction
+
+    try:
+        src = inspect.getsource(JITFunction._pack_args)
+    except (AttributeError, OSError, TypeError):
+        return "none"
+    if "'' if x[0] == 'constexpr'" in src or "\"\" if x[0] == \"constexpr\"" in src:
+        return "all"
+    if "isinstance(x, str)" in src:
+        return "str"
+    return "none"
 
 
 # ---------------------------------------------------------------- files
