@@ -80,37 +80,69 @@ def content_digest(kernels_json: Buffer, blobs: list[Buffer]) -> str:
 # writing
 
 
-def _layout(bundle: TritonBundle) -> tuple[list[dict[str, Any]], list[bytes]]:
-    """The kernel table and the blobs."""
-    order = []  # (ext rank, ext, kernel index, file index)
-    for ki, k in enumerate(bundle.kernel_artifacts):
-        for fi, a in enumerate(k.artifacts):
-            ext = os.path.splitext(a.filename)[1]
-            order.append((_EXT_ORDER.get(ext, len(_EXT_ORDER)), ext, ki, fi))
+def plan_layout(files: list[list[tuple[str, int]]]) -> tuple[list[list[tuple[int, int]]], list[int]]:
+    """Where each file goes: ``files[k]`` lists ``(name, size)`` of kernel
+    ``k``; returns ``places[k][i] = (blob, offset)`` and the blob sizes.
+
+    Files are grouped by extension (:data:`_EXT_ORDER`, then others sorted),
+    in kernel order within an extension; a blob is closed before a file
+    would take it past :data:`BLOB_LIMIT`."""
+    rank_of = _EXT_ORDER
+    last = len(rank_of)
+    order = []
+    for ki, kfiles in enumerate(files):
+        for fi, (name, size) in enumerate(kfiles):
+            ext = os.path.splitext(name)[1]
+            order.append((rank_of.get(ext, last), ext, ki, fi, size))
     order.sort()
-    places: dict[tuple[int, int], list[Any]] = {}
-    blobs: list[bytes] = []
-    parts: list[Buffer] = []
+    places: list[list[tuple[int, int]]] = [[(0, 0)] * len(kfiles) for kfiles in files]
+    sizes: list[int] = []
     used = 0
-    for _, _, ki, fi in order:
-        payload = bundle.kernel_artifacts[ki].artifacts[fi].payload
-        n = len(payload)
-        if used and used + n > BLOB_LIMIT:
-            blobs.append(b"".join(parts))
-            parts, used = [], 0
-        places[ki, fi] = [len(blobs), used, n]
-        parts.append(payload)
-        used += n
-    if parts:
-        blobs.append(b"".join(parts))
+    for _, _, ki, fi, size in order:
+        if not sizes or (used and used + size > BLOB_LIMIT):
+            if sizes:
+                sizes[-1] = used
+            sizes.append(0)
+            used = 0
+        places[ki][fi] = (len(sizes) - 1, used)
+        used += size
+    if sizes:
+        sizes[-1] = used
+    return places, sizes
+
+
+def _layout(bundle: TritonBundle) -> tuple[list[dict[str, Any]], list[Buffer]]:
+    """The kernel table and the blobs.
+
+    A bundle fresh from a collect already holds its files in blobs laid out
+    this way (:func:`pyruntime.bundler.collect_dir` reads them straight into
+    place), and those are used as they are, provided every artifact still
+    holds the very payload object it was read into."""
+    kernels = bundle.kernel_artifacts
+    pre = bundle._prelaid
+    flat = [a.payload for k in kernels for a in k.artifacts]
+    if pre is not None and len(pre[0]) == len(flat) and all(x is y for x, y in zip(pre[0], flat)):
+        places, blobs = pre[1], pre[2]
+    else:
+        places, sizes = plan_layout([[(a.filename, len(a.payload)) for a in k.artifacts] for k in kernels])
+        parts: list[list[tuple[int, Buffer]]] = [[] for _ in sizes]
+        for ki, k in enumerate(kernels):
+            for fi, a in enumerate(k.artifacts):
+                blob, off = places[ki][fi]
+                parts[blob].append((off, a.payload))
+        blobs = []
+        for p in parts:
+            p.sort(key=lambda t: t[0])
+            blobs.append(b"".join(payload for _, payload in p))
     table = []
-    for ki, k in enumerate(bundle.kernel_artifacts):
+    for ki, k in enumerate(kernels):
+        kp = places[ki]
         table.append({
             "hash": k.kernel_hash,
             "device": k.device,
             "target": k.target,
             "triton_version": k.triton_version,
-            "files": [[a.filename, *places[ki, fi]] for fi, a in enumerate(k.artifacts)],
+            "files": [[a.filename, kp[fi][0], kp[fi][1], len(a.payload)] for fi, a in enumerate(k.artifacts)],
         })
     return table, blobs
 

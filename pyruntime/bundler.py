@@ -35,7 +35,7 @@ import logging
 import os
 import re
 from functools import lru_cache
-from typing import TYPE_CHECKING, ClassVar, Iterable, Literal, Union
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Literal, Union
 
 from . import config as _env
 from ._version import __version__
@@ -184,10 +184,11 @@ class TritonBundleEntry:
 class TritonKernelArtifact:
     """One file of a kernel directory (``.cubin``, ``.json``, ``.ttir``, ...).
 
-    ``payload`` is a bytes-like object: ``bytes`` after a collect, a
-    read-only ``memoryview`` into the unpacked bundle after a load (no copy);
-    ``bytes(artifact.payload)`` gives bytes either way. ``.json`` payloads
-    carry the ``[REPLACE]`` sentinel where the kernel directory was."""
+    ``payload`` is a bytes-like object. Collect and load give read-only
+    ``memoryview`` slices of one buffer (the files read straight into place,
+    or the unpacked bundle), which saves a copy per file;
+    ``bytes(artifact.payload)`` gives bytes. ``.json`` payloads carry the
+    ``[REPLACE]`` sentinel where the kernel directory was."""
 
     filename: str
     payload: Buffer = dataclasses.field(repr=False)
@@ -241,6 +242,10 @@ class TritonBundle:
     triton_version: str | None = None
     pyruntime_version: str = __version__
     content_digest: str | None = dataclasses.field(default=None, compare=False)
+    # (payload objects, places, blobs) when a collect read the files straight
+    # into the blobs of the file layout; see bundle_format._layout
+    _prelaid: tuple[list[Any], list[list[tuple[int, int]]], list[Any]] | None = dataclasses.field(
+        default=None, init=False, repr=False, compare=False)
 
     # -- information ---------------------------------------------------
     @property
@@ -363,14 +368,13 @@ def _read_rest(fd: int, head: bytes) -> bytes:
         parts.append(chunk)
 
 
-def _root_spellings(root: str) -> list[str]:
-    """Spellings of a cache directory Triton may have used: as given,
-    absolute, with symlinks resolved."""
-    out: list[str] = []
-    for p in (root, os.path.abspath(root), os.path.realpath(root)):
-        if p not in out:
-            out.append(p)
-    return out
+def _root_spellings(root: str) -> list[bytes]:
+    """Byte spellings of a cache directory Triton may have written into its
+    ``.json`` files: as given, absolute and with symlinks resolved; each raw
+    and JSON-escaped; longest first (so no spelling is replaced in part)."""
+    paths = {root, os.path.abspath(root), os.path.realpath(root)}
+    spelled = {os.fsencode(p) for p in paths} | {_json_str(p) for p in paths}
+    return sorted(spelled, key=len, reverse=True)
 
 
 def _json_str(s: str) -> bytes:
@@ -378,22 +382,52 @@ def _json_str(s: str) -> bytes:
     return json.dumps(s)[1:-1].encode("ascii")
 
 
-def _kernel_dir_spellings(data: bytes, kernel_hash: str, roots: list[str]) -> list[bytes]:
-    """Every spelling of the kernel directory found in a ``.json``: the
-    cache root's spellings plus, for a ``__grp__`` file, the directory of
-    each child path it lists (whatever path Triton was given)."""
-    dirs = {os.path.join(r, kernel_hash) for r in roots}
-    if b"child_paths" in data:
-        try:
-            children = json.loads(data).get("child_paths")
-        except (ValueError, AttributeError, RecursionError):
-            children = None
-        if isinstance(children, dict):
-            for p in children.values():
-                if isinstance(p, str) and os.path.basename(os.path.dirname(p)) == kernel_hash:
-                    dirs.add(os.path.dirname(p))
+def _child_dir_spellings(data: bytes, kernel_hash: str) -> list[bytes]:
+    """The directory of each child path a ``__grp__`` file lists, when it is
+    this kernel's: however Triton was given its cache directory."""
+    try:
+        children = json.loads(data).get("child_paths")
+    except (ValueError, AttributeError, RecursionError, UnicodeDecodeError):
+        return []
+    if not isinstance(children, dict):
+        return []
+    dirs = {os.path.dirname(p) for p in children.values() if isinstance(p, str)}
+    dirs = {d for d in dirs if os.path.basename(d) == kernel_hash}
     spelled = {_json_str(d) for d in dirs} | {os.fsencode(d) for d in dirs}
-    return sorted(spelled, key=len, reverse=True)  # longest first: no partial replacement
+    return sorted(spelled, key=len, reverse=True)
+
+
+def _list_kernel_dir(path: str, complete_only: bool) -> list[os.DirEntry[str]] | None:
+    try:
+        with os.scandir(path) as it:
+            entries = [e for e in it if e.is_file(follow_symlinks=False) and e.name not in _SKIP_FILES]
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if not entries:
+        return None
+    if complete_only and not any(e.name.startswith("__grp__") and e.name.endswith(".json") for e in entries):
+        return None
+    entries.sort(key=lambda e: e.name)
+    return entries
+
+
+def _read_json_artifact(fpath: str, name: str, kernel_hash: str, roots: list[bytes]) -> bytes:
+    data = _read_file(fpath)
+    if REPLACE_SENTINEL in data:
+        raise BundleFormatError(
+            f"{fpath} already contains the {REPLACE_SENTINEL.decode()} sentinel; "
+            "refusing to bundle it (it could not be relocated on restore)"
+        )
+    hb = kernel_hash.encode()
+    if hb in data:  # only then can the directory be in it
+        for root in roots:
+            spelled = root + b"/" + hb
+            if spelled in data:
+                data = data.replace(spelled, REPLACE_SENTINEL)
+        if b"/" + hb in data:  # still a path to this kernel: spelled another way
+            for spelled in _child_dir_spellings(data, kernel_hash):
+                data = data.replace(spelled, REPLACE_SENTINEL)
+    return data
 
 
 def read_kernel_dir(
@@ -402,7 +436,7 @@ def read_kernel_dir(
     device: int = 0,
     *,
     complete_only: bool = False,
-    _roots: list[str] | None = None,
+    _roots: list[bytes] | None = None,
 ) -> TritonKernelArtifacts | None:
     """Read one kernel directory into :class:`TritonKernelArtifacts`
     (``None`` when it does not exist or holds no files, or with
@@ -414,37 +448,122 @@ def read_kernel_dir(
     already contains the ``[REPLACE]`` sentinel or a file name is not plain."""
     check_kernel_hash(kernel_hash)
     path = f"{cache_dir}/{kernel_hash}"
-    try:
-        with os.scandir(path) as it:
-            names = sorted(e.name for e in it if e.is_file(follow_symlinks=False) and e.name not in _SKIP_FILES)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    if not names or (complete_only and not any(n.startswith("__grp__") and n.endswith(".json") for n in names)):
+    entries = _list_kernel_dir(path, complete_only)
+    if entries is None:
         return None
     roots = _roots if _roots is not None else _root_spellings(cache_dir)
     artifacts = []
     target = version = None
-    meta_names = {os.path.splitext(n)[0] + ".json" for n in names if os.path.splitext(n)[1] in _BIN_EXTS}
-    for name in names:
-        check_file_name(name, kernel_hash)
+    meta_names = _metadata_names([e.name for e in entries])
+    for e in entries:
+        name = check_file_name(e.name, kernel_hash)
         fpath = f"{path}/{name}"
-        data = _read_file(fpath)
-        if len(data) > MAX_ARTIFACT_BYTES:
-            raise BundleFormatError(f"{fpath}: {len(data)} bytes is over the {MAX_ARTIFACT_BYTES}-byte limit")
         if name.endswith(".json"):
-            if REPLACE_SENTINEL in data:
-                raise BundleFormatError(
-                    f"{fpath} already contains the {REPLACE_SENTINEL.decode()} sentinel; "
-                    "refusing to bundle it (it could not be relocated on restore)"
-                )
-            if kernel_hash.encode() in data:  # only then can the directory be in it
-                for spelled in _kernel_dir_spellings(data, kernel_hash, roots):
-                    if spelled in data:
-                        data = data.replace(spelled, REPLACE_SENTINEL)
+            data = _read_json_artifact(fpath, name, kernel_hash, roots)
             if target is None and name in meta_names:
                 target, version = parse_kernel_metadata(data)
+        else:
+            data = _read_file(fpath)
+        if len(data) > MAX_ARTIFACT_BYTES:
+            raise BundleFormatError(f"{fpath}: {len(data)} bytes is over the {MAX_ARTIFACT_BYTES}-byte limit")
         artifacts.append(TritonKernelArtifact(name, data))
     return TritonKernelArtifacts(kernel_hash, device, artifacts, target, version)
+
+
+def _metadata_names(names: list[str]) -> set[str]:
+    return {os.path.splitext(n)[0] + ".json" for n in names if os.path.splitext(n)[1] in _BIN_EXTS}
+
+
+# Test-only: called between the stat pass and the read pass of _read_kernels.
+_between_passes_hook: Callable[[], None] | None = None
+
+
+class _Changed(Exception):
+    """A file changed size between its stat and its read."""
+
+
+def _read_kernels(items: list[tuple[str, str, int, bool]]) -> TritonBundle:
+    """Read many kernel directories, ``(cache_dir, kernel_hash, device,
+    complete_only)`` each, straight into the blobs of the bundle file
+    layout: one buffer per blob, each file read into its place with one
+    ``readv`` (no per-file bytes object, no join when the bundle is saved).
+    ``.json`` files are read first (the sentinel swap changes their size).
+    Falls back to reading file by file if a file changes size meanwhile."""
+    from .bundle_format import plan_layout
+
+    spellings: dict[str, list[bytes]] = {}
+    plans = []  # (hash, device, path, [(name, size, json bytes | None)], target, version)
+    for root, h, device, complete_only in items:
+        check_kernel_hash(h)
+        path = f"{root}/{h}"
+        entries = _list_kernel_dir(path, complete_only)
+        if entries is None:
+            continue
+        roots = spellings.get(root)
+        if roots is None:
+            roots = spellings[root] = _root_spellings(root)
+        meta_names = _metadata_names([e.name for e in entries])
+        target = version = None
+        files = []
+        for e in entries:
+            name = check_file_name(e.name, h)
+            if name.endswith(".json"):
+                data = _read_json_artifact(f"{path}/{name}", name, h, roots)
+                if target is None and name in meta_names:
+                    target, version = parse_kernel_metadata(data)
+                size = len(data)
+            else:
+                data = None
+                size = e.stat(follow_symlinks=False).st_size
+            if size > MAX_ARTIFACT_BYTES:
+                raise BundleFormatError(f"{path}/{name}: {size} bytes is over the {MAX_ARTIFACT_BYTES}-byte limit")
+            files.append((name, size, data))
+        plans.append((h, device, path, files, target, version))
+
+    if _between_passes_hook is not None:
+        _between_passes_hook()
+    places, sizes = plan_layout([[(n, size) for n, size, _ in files] for _, _, _, files, _, _ in plans])
+    bufs = [bytearray(n) for n in sizes]
+    views = [memoryview(b) for b in bufs]
+    probe = bytearray(1)  # a byte past the expected end: detects a file that grew
+    try:
+        for (h, device, path, files, _, _), kplaces in zip(plans, places):
+            for (name, size, data), (blob, off) in zip(files, kplaces):
+                slot = views[blob][off:off + size]
+                if data is not None:
+                    slot[:] = data
+                    continue
+                fd = os.open(f"{path}/{name}", os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    got = os.readv(fd, [slot, probe])
+                    while got < size:  # a short read: keep going until EOF
+                        n = os.readv(fd, [slot[got:], probe])
+                        if n == 0:
+                            break
+                        got += n
+                finally:
+                    os.close(fd)
+                if got != size:
+                    raise _Changed(f"{path}/{name}")
+    except _Changed as e:
+        log.debug("%s changed while it was read; reading file by file", e)
+        kernels = [k for root, h, device, complete_only in items
+                   if (k := read_kernel_dir(root, h, device, complete_only=complete_only)) is not None]
+        return TritonBundle(kernels, triton_version=installed_triton_version())
+
+    ro = [v.toreadonly() for v in views]
+    kernels = []
+    flat: list[Any] = []
+    for (h, device, _path, files, target, version), kplaces in zip(plans, places):
+        arts = []
+        for (name, size, _), (blob, off) in zip(files, kplaces):
+            payload = ro[blob][off:off + size]
+            flat.append(payload)
+            arts.append(TritonKernelArtifact(name, payload))
+        kernels.append(TritonKernelArtifacts(h, device, arts, target, version))
+    bundle = TritonBundle(kernels, triton_version=installed_triton_version())
+    object.__setattr__(bundle, "_prelaid", (flat, places, ro))
+    return bundle
 
 
 MAX_ARTIFACT_BYTES = 1 << 30  # the pack container's per-entry limit
@@ -478,13 +597,7 @@ def collect_dir(
             )
     else:
         hashes = [check_kernel_hash(h) for h in dict.fromkeys(kernel_hashes)]
-    roots = _root_spellings(root)
-    kernels = []
-    for h in hashes:
-        k = read_kernel_dir(root, h, device, complete_only=kernel_hashes is None, _roots=roots)
-        if k is not None:
-            kernels.append(k)
-    return TritonBundle(kernels, triton_version=installed_triton_version())
+    return _read_kernels([(root, h, device, kernel_hashes is None) for h in hashes])
 
 
 # --------------------------------------------------------------------------
@@ -572,22 +685,15 @@ class TritonBundler:
         if entries is None:
             return TritonBundle([]), None
         try:
-            kernels: list[TritonKernelArtifacts] = []
             seen: set[str] = set()
-            spellings: dict[str, list[str]] = {}
+            items = []
             for entry in entries:
-                if entry.kernel_hash in seen:
-                    continue
-                seen.add(entry.kernel_hash)
-                roots = spellings.get(entry.directory)
-                if roots is None:
-                    roots = spellings[entry.directory] = _root_spellings(entry.directory)
-                k = read_kernel_dir(entry.directory, entry.kernel_hash, entry.device, _roots=roots)
-                if k is not None:
-                    kernels.append(k)
+                if entry.kernel_hash not in seen:
+                    seen.add(entry.kernel_hash)
+                    items.append((entry.directory, entry.kernel_hash, entry.device, False))
+            bundle = _read_kernels(items)
         finally:
             cls.end_compile()
-        bundle = TritonBundle(kernels, triton_version=installed_triton_version())
         return bundle, TritonBundlerMetadata(bundle.kernel_names(), [])
 
     @classmethod

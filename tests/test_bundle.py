@@ -98,10 +98,11 @@ def test_collect_dir_reads_every_compiled_kernel(kernel_cache):
         for a in k.artifacts:
             with open(os.path.join(cache_dir, k.kernel_hash, a.filename), "rb") as f:
                 on_disk = f.read()
+            assert isinstance(a.payload, memoryview) and a.payload.readonly  # no copy per file
             if a.filename.startswith("__grp__"):
                 # the directory became the sentinel, nothing else changed
-                assert REPLACE_SENTINEL in a.payload
-                assert os.fsencode(cache_dir) not in a.payload
+                assert REPLACE_SENTINEL in bytes(a.payload)
+                assert os.fsencode(cache_dir) not in bytes(a.payload)
                 restored = bytes(a.payload).replace(REPLACE_SENTINEL, os.fsencode(os.path.join(cache_dir, k.kernel_hash)))
                 assert restored == on_disk
             else:
@@ -168,10 +169,52 @@ def test_collect_relocates_any_spelling_of_the_cache_dir(tmp_path):
     grp.write_text(text)
     for root in (real, link):
         (k,) = collect_dir(root).kernel_artifacts
-        payload = next(a.payload for a in k.artifacts if a.filename == grp.name)
+        payload = bytes(next(a.payload for a in k.artifacts if a.filename == grp.name))
         assert str(tmp_path).encode() not in payload
         paths = json.loads(payload)["child_paths"]
         assert all(p.startswith("[REPLACE]/") for p in paths.values())
+
+
+@pytest.mark.parametrize("change", ["grow", "shrink"])
+def test_a_file_changing_during_collect_is_read_again(kernel_cache, tmp_path, monkeypatch, change):
+    """Files are read straight into the bundle's blobs at the size a stat
+    saw; a file that changes size in between sends collect back to reading
+    file by file, so the bundle holds what the file holds after the change."""
+    cache_dir, hashes = kernel_cache
+    root = tmp_path / "cache"
+    shutil.copytree(cache_dir, root)
+    ptx = next((root / hashes[2]).glob("*.ptx"))
+
+    def edit():
+        data = ptx.read_bytes()
+        ptx.write_bytes(data + b"// appended" if change == "grow" else data[:100])
+
+    monkeypatch.setattr(pyruntime.bundler, "_between_passes_hook", edit)
+    bundle = collect_dir(root)
+    monkeypatch.setattr(pyruntime.bundler, "_between_passes_hook", None)
+    k = next(k for k in bundle.kernel_artifacts if k.kernel_hash == hashes[2])
+    assert next(a.payload for a in k.artifacts if a.filename == ptx.name) == ptx.read_bytes()
+    assert bundle == collect_dir(root)
+    assert TritonBundle.from_bytes(bundle.to_bytes()) == bundle
+
+
+def test_collected_blobs_are_reused_only_while_the_bundle_is_unchanged(kernel_cache):
+    cache_dir, _ = kernel_cache
+    fresh = collect_dir(cache_dir)
+    assert fresh._prelaid is not None
+    # the same kernels as plain bytes go through the general layout: same file
+    plain = TritonBundle([dataclasses.replace(k, artifacts=[TritonKernelArtifact(a.filename, bytes(a.payload))
+                                                             for a in k.artifacts])
+                          for k in fresh.kernel_artifacts], fresh.triton_version)
+    assert plain._prelaid is None
+    assert plain.to_bytes() == fresh.to_bytes()
+    # swap one payload in place: the collected blobs must not be reused
+    k = fresh.kernel_artifacts[1]
+    i = next(i for i, a in enumerate(k.artifacts) if a.filename.endswith(".ptx"))
+    k.artifacts[i] = TritonKernelArtifact(k.artifacts[i].filename, b"// replaced")
+    again = TritonBundle.from_bytes(fresh.to_bytes())
+    assert again.kernel_artifacts[1].artifacts[i].payload == b"// replaced"
+    assert again == fresh
 
 
 def test_kernel_file_names_come_from_binary_artifacts():
