@@ -29,19 +29,28 @@ from pyruntime.outofproc import cache_generation, child_state, run_out_of_proces
 pytestmark = pytest.mark.timeout(300)
 
 
-@pytest.fixture
-def patched(monkeypatch, tmp_path):
-    """Inductor's pool replaced by a pyruntime pool of 2 workers whose
-    sidecar preloads the no-GPU shim; Triton cache in tmp_path."""
-    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
-    ac.CompiledTritonKernels.cache_clear()
+@pytest.fixture(scope="class")
+def _class_pool():
+    """One pyruntime pool for a whole test class (its sidecar imports torch
+    once): Inductor's pool replaced by 2 workers whose sidecar preloads the
+    no-GPU shim."""
     with iconfig.patch(compile_threads=2):
         patch = pt.use_pyruntime_pool(preload=("torch_jobs",))
         try:
             yield patch
         finally:
             patch.restore()
+
+
+@pytest.fixture
+def patched(_class_pool, monkeypatch, tmp_path):
+    """The class's patched pool, with this test's Triton and Inductor caches
+    in tmp_path (Inductor sends them with every compile job)."""
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    ac.CompiledTritonKernels.cache_clear()
+    with iconfig.patch(compile_threads=2):
+        yield _class_pool
     ac.CompiledTritonKernels.cache_clear()
 
 
@@ -90,15 +99,6 @@ def test_inductor_shutdown_and_after_fork_paths_work_on_our_pool():
         assert len(patch.pools) == 2
 
 
-def test_job_errors_are_inductor_subproc_exceptions(patched):
-    fut = ac.AsyncCompile.process_pool().submit(TJ.failing_job, "no such kernel")
-    with pytest.raises(TorchSubprocException) as ei:
-        fut.result(timeout=60)
-    assert "no such kernel" in str(ei.value)
-    named = ei.value.with_name("triton_poi_x")  # Inductor's own error path
-    assert "triton_poi_x" in str(named) and "no such kernel" in str(named)
-
-
 # ----------------------------------------------------- Triton through the seam
 def _compile_via_inductor(kernel_name: str, scale: int):
     """AsyncCompile.triton(), Inductor's real entry point, on the patched pool."""
@@ -111,45 +111,6 @@ def _compile_via_inductor(kernel_name: str, scale: int):
     return kernel
 
 
-def test_inductor_triton_compile_runs_on_our_pool(patched, tmp_path):
-    kernel = _compile_via_inductor("triton_poi_fused_mul_0", 3)
-    keys = TJ.cache_keys(kernel)
-    assert len(keys) >= 1  # one per autotuning config
-    for key in keys:
-        assert any(n.endswith(".cubin") for n in os.listdir(tmp_path / "triton" / key))
-    assert patched.jobs >= 2  # the readiness probe and the compile
-    # the same kernel compiled in-process gets the same cache keys
-    assert TJ.compile_kernel("triton_poi_fused_mul_0", TJ.kernel_source("triton_poi_fused_mul_0", 3)) == keys
-
-
-def test_bundle_conversion_both_ways_and_restore(patched, tmp_path, monkeypatch):
-    kernel = _compile_via_inductor("triton_poi_fused_mul_1", 5)
-    keys = TJ.cache_keys(kernel)
-    original = _files(tmp_path / "triton")
-    # Inductor's bundler collects what the compile put
-    with iconfig.patch(bundle_triton_into_fx_graph_cache=True):
-        tb.TritonBundler.begin_compile()
-        kernel.precompile(warm_cache_only=True)  # the parent's put() of each compiled config
-        theirs, meta = tb.TritonBundler.collect()
-    assert sorted(k.kernel_hash for k in theirs.kernel_artifacts) == sorted(keys)
-    ours = pt.from_inductor_bundle(theirs)
-    assert ours.targets == ["cuda:90"]
-    again = TritonBundle.from_bytes(ours.to_bytes())  # through the data-only file format
-    back = pt.to_inductor_bundle(again)
-    assert isinstance(back, tb.TritonBundle)
-    assert back.static_autotuners == []
-    # Inductor restores our bundle into an empty cache: the same files
-    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "emitted"))
-    with iconfig.patch(bundle_triton_into_fx_graph_cache=True):
-        emitted = tb.TritonBundler.read_and_emit(back)
-    assert sorted(emitted.cached_kernel_names) == sorted(meta.cached_kernel_names)
-    assert _paths_relocated(_files(tmp_path / "emitted"), tmp_path / "emitted", tmp_path / "triton") == original
-    # and pyruntime restores Inductor's bundle the same way
-    result = pt.restore_triton_bundle(pt.from_inductor_bundle(theirs), tmp_path / "ours")
-    assert sorted(result.restored) == sorted(keys)
-    assert _paths_relocated(_files(tmp_path / "ours"), tmp_path / "ours", tmp_path / "triton") == original
-
-
 def _paths_relocated(files: dict[str, bytes], new_root, old_root) -> dict[str, bytes]:
     """Files restored under new_root, with their kernel paths spelled as under old_root."""
     out = {}
@@ -160,33 +121,80 @@ def _paths_relocated(files: dict[str, bytes], new_root, old_root) -> dict[str, b
     return out
 
 
-def test_recorded_kernels_export_and_restore_make_the_next_compile_a_cache_hit(patched, tmp_path, monkeypatch):
-    with pt.record_triton_kernels() as rec:
-        kernel = _compile_via_inductor("triton_poi_fused_mul_2", 7)
-        kernel.precompile(warm_cache_only=True)  # the parent's put() (Inductor's bundling is off)
-    assert [h for h, _d, _p in rec.entries] == TJ.cache_keys(kernel)
-    assert tb.TritonBundler.__dict__["put"].__func__.__name__ != "recording_put"  # unpatched after
-    path = tmp_path / "run.bundle"
-    bundle = rec.save(path)
-    assert len(bundle) == len(rec.entries)
-    # the next run: an empty cache, the bundle restored first
-    fresh = tmp_path / "fresh"
-    monkeypatch.setenv("TRITON_CACHE_DIR", str(fresh))
-    result = pt.restore_triton_bundle(path)
-    assert sorted(result.restored) == sorted(TJ.cache_keys(kernel))
-    before = TJ.snapshot(str(fresh))
-    # a new process compiles the same kernel: every file is found, none written
-    src = TJ.kernel_source("triton_poi_fused_mul_2", 7)
-    keys = run_out_of_process(TJ.compile_kernel, "triton_poi_fused_mul_2", src)
-    assert keys == TJ.cache_keys(kernel)
-    assert TJ.snapshot(str(fresh)) == before
+class TestOnOurPool:
+    """Triton compiles through Inductor's real entry point on one shared pool."""
 
+    def test_job_errors_are_inductor_subproc_exceptions(self, patched):
+        fut = ac.AsyncCompile.process_pool().submit(TJ.failing_job, "no such kernel")
+        with pytest.raises(TorchSubprocException) as ei:
+            fut.result(timeout=60)
+        assert "no such kernel" in str(ei.value)
+        named = ei.value.with_name("triton_poi_x")  # Inductor's own error path
+        assert "triton_poi_x" in str(named) and "no such kernel" in str(named)
 
-def test_export_whole_cache(patched, tmp_path):
-    kernel = _compile_via_inductor("triton_poi_fused_mul_3", 9)
-    b = pt.export_triton_cache(tmp_path / "all.bundle", tmp_path / "triton")
-    assert sorted(k.kernel_hash for k in b.kernel_artifacts) == sorted(TJ.cache_keys(kernel))
-    assert TritonBundle.load(tmp_path / "all.bundle").kernel_names() == b.kernel_names()
+    def test_inductor_triton_compile_runs_on_our_pool(self, patched, tmp_path):
+        kernel = _compile_via_inductor("triton_poi_fused_mul_0", 3)
+        keys = TJ.cache_keys(kernel)
+        assert len(keys) >= 1  # one per autotuning config
+        for key in keys:
+            assert any(n.endswith(".cubin") for n in os.listdir(tmp_path / "triton" / key))
+        assert patched.jobs >= 2  # the readiness probe and the compile
+        # the same kernel compiled in-process gets the same cache keys
+        assert TJ.compile_kernel("triton_poi_fused_mul_0", TJ.kernel_source("triton_poi_fused_mul_0", 3)) == keys
+
+    def test_bundle_conversion_both_ways_and_restore(self, patched, tmp_path, monkeypatch):
+        kernel = _compile_via_inductor("triton_poi_fused_mul_1", 5)
+        keys = TJ.cache_keys(kernel)
+        original = _files(tmp_path / "triton")
+        # Inductor's bundler collects what the compile put
+        with iconfig.patch(bundle_triton_into_fx_graph_cache=True):
+            tb.TritonBundler.begin_compile()
+            kernel.precompile(warm_cache_only=True)  # the parent's put() of each compiled config
+            theirs, meta = tb.TritonBundler.collect()
+        assert sorted(k.kernel_hash for k in theirs.kernel_artifacts) == sorted(keys)
+        ours = pt.from_inductor_bundle(theirs)
+        assert ours.targets == ["cuda:90"]
+        again = TritonBundle.from_bytes(ours.to_bytes())  # through the data-only file format
+        back = pt.to_inductor_bundle(again)
+        assert isinstance(back, tb.TritonBundle)
+        assert back.static_autotuners == []
+        # Inductor restores our bundle into an empty cache: the same files
+        monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "emitted"))
+        with iconfig.patch(bundle_triton_into_fx_graph_cache=True):
+            emitted = tb.TritonBundler.read_and_emit(back)
+        assert sorted(emitted.cached_kernel_names) == sorted(meta.cached_kernel_names)
+        assert _paths_relocated(_files(tmp_path / "emitted"), tmp_path / "emitted", tmp_path / "triton") == original
+        # and pyruntime restores Inductor's bundle the same way
+        result = pt.restore_triton_bundle(pt.from_inductor_bundle(theirs), tmp_path / "ours")
+        assert sorted(result.restored) == sorted(keys)
+        assert _paths_relocated(_files(tmp_path / "ours"), tmp_path / "ours", tmp_path / "triton") == original
+
+    def test_recorded_kernels_export_and_restore_make_the_next_compile_a_cache_hit(self, patched, tmp_path, monkeypatch):
+        with pt.record_triton_kernels() as rec:
+            kernel = _compile_via_inductor("triton_poi_fused_mul_2", 7)
+            kernel.precompile(warm_cache_only=True)  # the parent's put() (Inductor's bundling is off)
+        assert [h for h, _d, _p in rec.entries] == TJ.cache_keys(kernel)
+        assert tb.TritonBundler.__dict__["put"].__func__.__name__ != "recording_put"  # unpatched after
+        path = tmp_path / "run.bundle"
+        bundle = rec.save(path)
+        assert len(bundle) == len(rec.entries)
+        # the next run: an empty cache, the bundle restored first
+        fresh = tmp_path / "fresh"
+        monkeypatch.setenv("TRITON_CACHE_DIR", str(fresh))
+        result = pt.restore_triton_bundle(path)
+        assert sorted(result.restored) == sorted(TJ.cache_keys(kernel))
+        before = TJ.snapshot(str(fresh))
+        # a new process compiles the same kernel: every file is found, none written
+        src = TJ.kernel_source("triton_poi_fused_mul_2", 7)
+        keys = run_out_of_process(TJ.compile_kernel, "triton_poi_fused_mul_2", src)
+        assert keys == TJ.cache_keys(kernel)
+        assert TJ.snapshot(str(fresh)) == before
+
+    def test_export_whole_cache(self, patched, tmp_path):
+        kernel = _compile_via_inductor("triton_poi_fused_mul_3", 9)
+        b = pt.export_triton_cache(tmp_path / "all.bundle", tmp_path / "triton")
+        assert sorted(k.kernel_hash for k in b.kernel_artifacts) == sorted(TJ.cache_keys(kernel))
+        assert TritonBundle.load(tmp_path / "all.bundle").kernel_names() == b.kernel_names()
 
 
 def test_recorder_restores_put_when_nested():

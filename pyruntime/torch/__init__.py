@@ -17,44 +17,79 @@ never does. Three integrations:
    only when the parent's cache generation moved.
 
 Importing this package links Inductor's ``clear_caches()`` to
-:func:`pyruntime.outofproc.bump_cache_generation`.
+:func:`pyruntime.outofproc.bump_cache_generation`; the rest loads on first
+use of a name, so the pool's sidecar and workers, which import modules of
+this package, load only what they need.
 """
 
 from __future__ import annotations
 
-from .bundles import (
-    KernelRecorder,
-    export_triton_cache,
-    from_inductor_bundle,
-    inductor_triton_cache_dir,
-    record_triton_kernels,
-    restore_triton_bundle,
-    to_inductor_bundle,
-)
-from .fx import FxSubprocessPatch, use_pyruntime_fx_subprocess
-from .pool import (
-    InductorPool,
-    InductorPoolPatch,
-    active_patch,
-    restore_inductor_pool,
-    use_pyruntime_pool,
-)
-from ._inductor_worker import InductorPickler
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__all__ = [
-    "FxSubprocessPatch",
-    "InductorPickler",
-    "InductorPool",
-    "InductorPoolPatch",
-    "KernelRecorder",
-    "active_patch",
-    "export_triton_cache",
-    "from_inductor_bundle",
-    "inductor_triton_cache_dir",
-    "record_triton_kernels",
-    "restore_inductor_pool",
-    "restore_triton_bundle",
-    "to_inductor_bundle",
-    "use_pyruntime_fx_subprocess",
-    "use_pyruntime_pool",
-]
+from . import _generation  # noqa: F401  (Inductor's clear_caches() bumps the generation)
+
+_LAZY = {
+    "KernelRecorder": "bundles",
+    "export_triton_cache": "bundles",
+    "from_inductor_bundle": "bundles",
+    "inductor_triton_cache_dir": "bundles",
+    "record_triton_kernels": "bundles",
+    "restore_triton_bundle": "bundles",
+    "to_inductor_bundle": "bundles",
+    "FxSubprocessPatch": "fx",
+    "use_pyruntime_fx_subprocess": "fx",
+    "InductorPool": "pool",
+    "InductorPoolPatch": "pool",
+    "active_patch": "pool",
+    "restore_inductor_pool": "pool",
+    "use_pyruntime_pool": "pool",
+    "InductorPickler": "_inductor_worker",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pyruntime.torch' has no attribute {name!r}")
+    try:
+        value = getattr(importlib.import_module(f".{module}", __name__), name)
+    except (ImportError, AttributeError) as e:
+        if module != "fx":
+            raise
+        # a torch without the subprocess FX-compile mode: everything else still works
+        reason = f"{type(e).__name__}: {e}"
+
+        def unavailable(*_a: Any, **_k: Any) -> Any:
+            raise RuntimeError(f"Inductor's subprocess FX-compile mode is not available in this torch ({reason})")
+
+        value = unavailable
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:
+    from ._inductor_worker import InductorPickler
+    from .bundles import (
+        KernelRecorder,
+        export_triton_cache,
+        from_inductor_bundle,
+        inductor_triton_cache_dir,
+        record_triton_kernels,
+        restore_triton_bundle,
+        to_inductor_bundle,
+    )
+    from .fx import FxSubprocessPatch, use_pyruntime_fx_subprocess
+    from .pool import (
+        InductorPool,
+        InductorPoolPatch,
+        active_patch,
+        restore_inductor_pool,
+        use_pyruntime_pool,
+    )

@@ -12,8 +12,13 @@ from ..pool import SubprocPickler
 def init_worker() -> None:
     """Per-worker set-up, as Inductor's own workers get it: mark the process
     as a compile worker, ignore Ctrl-C, install torch's crash handler."""
-    from torch._inductor.compile_worker.utils import _async_compile_initializer
+    try:
+        from torch._inductor.compile_worker.utils import _async_compile_initializer
+    except ImportError:  # a torch without it: the part that matters most
+        import signal
 
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        return
     _async_compile_initializer(os.getppid())
 
 

@@ -21,6 +21,7 @@ run compiles: Triton then finds every kernel in its cache.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from typing import Any, Iterable
@@ -49,6 +50,7 @@ __all__ = [
 ]
 
 _BIN_EXTS = frozenset(GPU_KERNEL_BIN_EXTS.values())
+log = logging.getLogger("pyruntime.torch")
 
 
 def _torch_sentinel() -> bytes:
@@ -142,10 +144,13 @@ class KernelRecorder:
                 original = _tb.TritonBundler.__dict__["put"]
                 put = original.__func__
 
-                def recording_put(cls: Any, kernel_hash: str, device: Any) -> None:
+                def recording_put(cls: Any, kernel_hash: str, device: Any = 0, *args: Any, **kwargs: Any) -> None:
                     for rec in list(_recorders):
-                        rec._note(kernel_hash, device)
-                    return put(cls, kernel_hash, device)
+                        try:
+                            rec._note(kernel_hash, device)
+                        except Exception:  # recording must never break a compile
+                            log.debug("could not record kernel %s", kernel_hash, exc_info=True)
+                    return put(cls, kernel_hash, device, *args, **kwargs)
 
                 _tb.TritonBundler.put = classmethod(recording_put)
                 _saved_put[0] = original

@@ -13,9 +13,8 @@ point at).
 ``_send_to_child_async``: the graph goes to :mod:`pyruntime.outofproc`
 (one reused SPAWN child, crash isolation, cache directories forwarded per
 job), and the child clears Inductor's caches only when the parent's cache
-generation moved. Importing this module registers a hook with Inductor's
-``clear_on_fresh_cache``, so every ``clear_caches()`` in the parent (e.g.
-entering or leaving ``fresh_cache()``) bumps the generation.
+generation moved: every ``clear_caches()`` in the parent (e.g. entering or
+leaving ``fresh_cache()``) bumps it (see ``_generation``).
 """
 
 from __future__ import annotations
@@ -27,22 +26,11 @@ from typing import Any, Mapping
 
 import torch
 from torch._inductor import compile_fx as _cfx
-from torch._inductor.utils import clear_on_fresh_cache
 
-from ..outofproc import FORWARDED_ENV, bump_cache_generation, submit_out_of_process
+from ..outofproc import FORWARDED_ENV, submit_out_of_process
+from . import _generation  # noqa: F401  (Inductor's clear_caches() bumps the generation)
 
 __all__ = ["use_pyruntime_fx_subprocess", "FxSubprocessPatch", "compile_in_child"]
-
-
-class _GenerationBump:
-    """Registered with Inductor: its ``clear_caches()`` calls ``cache_clear``."""
-
-    @staticmethod
-    def cache_clear() -> None:
-        bump_cache_generation()
-
-
-clear_on_fresh_cache(_GenerationBump)  # once: this module is imported once per process
 
 
 def compile_in_child(cls: Any, pickled_input: Any, extra_env: Mapping[str, str] | None) -> Any:
