@@ -136,6 +136,8 @@ def out_of_process_pool() -> Any:
     ``status()``; jobs should go through :func:`run_out_of_process`."""
     global _pool, _atexit_registered
     with _lock:
+        if _pool is not None and getattr(_pool, "_shutdown", False):
+            _pool = None  # shut down behind our back (e.g. the pool module's own exit hook)
         if _pool is None:
             from .pool import SubprocKind, SubprocPool
 

@@ -186,6 +186,12 @@ def test_shutdown_then_new_child():
     assert run_out_of_process(J.getpid) != pid
 
 
+def test_pool_shut_down_directly_is_replaced():
+    pid = run_out_of_process(J.getpid)
+    outofproc.out_of_process_pool().shutdown(wait=True)
+    assert run_out_of_process(J.getpid) != pid
+
+
 def test_shutdown_with_timeout_fails_a_running_job_clearly():
     pid = run_out_of_process(J.getpid)
     slow = submit_out_of_process(time.sleep, 30)
