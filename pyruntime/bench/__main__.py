@@ -87,8 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--round-time", type=float, help="seconds per throughput round (default 0.3)")
     p.add_argument("--pool-rounds", type=int, help="fresh pools per peer (default 5, quick 1)")
     p.add_argument("--kernels", type=int, dest="compile_kernels",
-                   help="distinct kernels in the compile suite (default 24, quick 4)")
-    p.add_argument("--compile-rounds", type=int, help="rounds of the compile suite (default 2)")
+                   help="distinct kernels in the compile suite (default 48, quick 8)")
+    p.add_argument("--compile-rounds", type=int, help="rounds of the compile suite (default 5, quick 1)")
     p.add_argument("--workers", type=_int_list, dest="compile_workers", metavar="LIST",
                    help="worker counts for the compile suite, e.g. 1,2 (default 1..cores)")
     p.add_argument("--corpus-dir", metavar="DIR",
@@ -132,6 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         compile_workers=args.compile_workers, corpus_dir=args.corpus_dir,
         corpus_kernels=args.corpus_kernels, progress=progress)
     start = time.perf_counter()
+    whole = C.CpuMeter()
     res: dict[str, Any] = {
         "schema": C.SCHEMA_VERSION,
         "date": args.date or datetime.date.today().isoformat(),
@@ -144,14 +145,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(R.render_header(res), flush=True)
     for name in names:
         progress.step(name, "starting")
+        load = list(os.getloadavg())
+        meter = C.CpuMeter()
         suite = run_suite(name, settings)
+        suite["loadavg_start"] = load
+        suite["cpu"] = meter.stop()
         progress.done()
         res["suites"][name] = suite
         print(R.render_suite(suite), flush=True)
     res["seconds"] = time.perf_counter() - start
     res["machine"]["loadavg_end"] = list(os.getloadavg())
-    print(f"load average at end: {' '.join(f'{x:.2f}' for x in res['machine']['loadavg_end'])}; "
-          f"total {res['seconds']:.1f} s")
+    res["cpu"] = whole.stop()
+    print(R.render_footer(res))
     if args.json:
         _write(args.json, json.dumps(res, indent=1, sort_keys=False) + "\n")
         print(f"wrote {args.json}")

@@ -17,6 +17,12 @@ before any clock starts):
 
 Every restore goes into a fresh empty directory (created and removed outside
 the clock); the kernel directories written are counted to check the work.
+Where the bundle file and the restored cache live matters a lot on a VM disk
+(creating 4,000 files can cost seconds), so the main figures use a tmpfs
+(/dev/shm, when there is one: the implementations' own cost), and the full
+run repeats the 500-kernel load+restore on the root file system ("disk").
+A round repeats short runs for about ``round_time`` seconds and keeps each
+phase's median; the figure is the median over rounds.
 """
 
 from __future__ import annotations

@@ -45,8 +45,8 @@ class Settings:
     pool_rounds: int = 5             # fresh pools per implementation
     latency_samples: int = 2000      # no-op round trips per pool round
     payload_samples: int = 40        # 1 MiB round trips per pool round
-    compile_kernels: int = 24
-    compile_rounds: int = 2
+    compile_kernels: int = 48
+    compile_rounds: int = 5
     compile_workers: list[int] = field(default_factory=list)
     corpus_dir: str | None = None
     corpus_kernels: int = 500
@@ -58,7 +58,7 @@ class Settings:
         cores = usable_cpus()
         if quick:
             s = cls(quick=True, rounds=3, round_time=0.08, pool_rounds=1, latency_samples=300,
-                    payload_samples=10, compile_kernels=4, compile_rounds=1,
+                    payload_samples=10, compile_kernels=8, compile_rounds=1,
                     compile_workers=sorted({1, cores}))
         else:
             s = cls(compile_workers=list(range(1, cores + 1)))
@@ -305,6 +305,50 @@ def run_child(target: str, kwargs: dict[str, Any], *, timeout: float,
             raise ChildError(f"{target} exited with status {proc.returncode}: " + " | ".join(tail))
         with open(outp) as f:
             return json.load(f)
+
+
+# ------------------------------------------------------------- other load
+class CpuMeter:
+    """How busy the machine was with *other* work while a suite ran.
+
+    Machine-wide busy time comes from /proc/stat; this process's own CPU
+    time, including every child it has waited for (bench children, and
+    through them their pools' workers), from os.times(). The difference over
+    the wall time is the average number of cores other processes took: the
+    noise indicator printed with each suite. None where /proc is missing."""
+
+    def __init__(self) -> None:
+        self._t0 = time.monotonic()
+        self._busy0 = self._busy()
+        self._own0 = self._own()
+
+    @staticmethod
+    def _busy() -> float | None:
+        try:
+            with open("/proc/stat") as f:
+                fields = f.readline().split()
+        except OSError:
+            return None
+        if not fields or fields[0] != "cpu":
+            return None
+        v = [int(x) for x in fields[1:9]]  # user nice system idle iowait irq softirq steal
+        busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7]
+        return busy / os.sysconf("SC_CLK_TCK")
+
+    @staticmethod
+    def _own() -> float:
+        t = os.times()
+        return t.user + t.system + t.children_user + t.children_system
+
+    def stop(self) -> dict[str, Any]:
+        wall = time.monotonic() - self._t0
+        busy1 = self._busy()
+        own = self._own() - self._own0
+        out: dict[str, Any] = {"wall_s": wall, "ours_cores": own / wall if wall else None}
+        if busy1 is not None and self._busy0 is not None and wall > 0:
+            out["machine_cores"] = (busy1 - self._busy0) / wall
+            out["others_cores"] = max(0.0, out["machine_cores"] - out["ours_cores"])
+        return out
 
 
 # --------------------------------------------------------------- environment

@@ -167,7 +167,8 @@ def run(settings: C.Settings) -> dict[str, Any]:
                 f"{settings.pool_rounds} round(s) x ({settings.latency_samples} sequential no-op "
                 f"round trips, 3 bursts of no-op jobs sized to ~{settings.round_time:g} s, "
                 f"{settings.payload_samples} sequential 1 MiB echo round trips); "
-                "ProcessPoolExecutor uses the platform's default start method"),
+                "ProcessPoolExecutor uses the platform's default start method ("
+                f"{__import__('multiprocessing').get_context().get_start_method()})"),
         extra={"shutdown_s": shutdown, "latency_histogram_s": hist,
                "burst_jobs": {p: [x["burst_jobs"] for x in results[p]] for p in PEERS},
                "ppe_start_method": __import__("multiprocessing").get_context().get_start_method()})

@@ -85,13 +85,23 @@ def metric_rows(m: dict[str, Any]) -> list[tuple[str, ...]]:
     return rows
 
 
+def goal_measured(m: dict[str, Any]) -> str:
+    """What the goal was judged on: the ratio to the peer, or ours' median."""
+    g = m.get("goal") or {}
+    if g.get("kind") == "ratio":
+        r = m["ratios"].get(g["peer"])
+        return f"{fmt_ratio(r)} vs {g['peer']}" if r is not None else "-"
+    ours = m["values"].get(m["ours"] or "", {})
+    return fmt_value(ours.get("median"), m["unit"], m["label"]) if "median" in ours else "-"
+
+
 def _goal_line(m: dict[str, Any]) -> str | None:
     g = m.get("goal")
     if not g:
         return None
     met = g.get("met")
     mark = {True: "MET", False: "NOT MET", None: "n/a"}[met]
-    return f"goal ({m['title']}): {g['text']} -> {mark}"
+    return f"goal ({m['title']}): {g['text']} -> {mark} ({goal_measured(m)})"
 
 
 def render_table(rows: list[tuple[str, ...]], head: tuple[str, ...] = HEAD) -> str:
@@ -107,7 +117,7 @@ def render_suite(s: dict[str, Any]) -> str:
     title = f"== {s['suite']} "
     if s["status"] != "ok":
         return f"{title}==\n{s['status']}: {s.get('reason') or ''}\n"
-    lines = [f"{title}({s.get('seconds', 0):.1f} s) =="]
+    lines = [f"{title}({s.get('seconds', 0):.1f} s{_noise(s)}) =="]
     rows: list[tuple[str, ...]] = []
     for m in s["metrics"]:
         rows += metric_rows(m)
@@ -125,6 +135,23 @@ def render_suite(s: dict[str, Any]) -> str:
     if s.get("method"):
         lines.append(f"how: {s['method']}")
     return "\n".join(lines) + "\n"
+
+
+def _noise(s: dict[str, Any]) -> str:
+    """", other processes: 0.05 cores" (the average CPU others took)."""
+    cpu = s.get("cpu") or {}
+    if cpu.get("others_cores") is not None:
+        return f", other processes used {cpu['others_cores']:.2f} cores on average"
+    load = s.get("loadavg_start")
+    return f", load average {load[0]:.2f} at start" if load else ""
+
+
+def render_footer(res: dict[str, Any]) -> str:
+    end = res["machine"].get("loadavg_end")
+    text = f"total {res.get('seconds', 0):.1f} s{_noise(res)}"
+    if end:
+        text += f"; load average at end: {' '.join(f'{x:.2f}' for x in end)}"
+    return text
 
 
 def render_header(res: dict[str, Any]) -> str:
@@ -149,10 +176,8 @@ def render_text(res: dict[str, Any]) -> str:
     parts = [render_header(res)]
     for s in res["suites"].values():
         parts.append(render_suite(s))
-    end = res["machine"].get("loadavg_end")
-    if end:
-        parts.append(f"load average at end: {' '.join(f'{x:.2f}' for x in end)}; "
-                     f"total {res.get('seconds', 0):.1f} s\n")
+    if res["machine"].get("loadavg_end"):
+        parts.append(render_footer(res) + "\n")
     return "\n".join(parts)
 
 
@@ -177,7 +202,8 @@ def render_markdown(res: dict[str, Any], title: str | None = None) -> str:
         + ", ".join(f"{k} {v[k] or 'n/a'}" for k in ("triton", "torch", "lz4", "xxhash", "cffi")),
         f"- load average (1/5/15 min) at start: {' '.join(f'{x:.2f}' for x in m['loadavg_start'])}"
         + (f"; at end: {' '.join(f'{x:.2f}' for x in m['loadavg_end'])}" if m.get("loadavg_end") else ""),
-        f"- command: `{res.get('command', 'python -m pyruntime.bench')}` ({res.get('seconds', 0):.0f} s)",
+        f"- command: `{res.get('command', 'python -m pyruntime.bench')}` ({res.get('seconds', 0):.0f} s"
+        f"{_noise(res)})",
         f"- method: {res['method']}",
         "- *ours vs it*: how many times better ours is than that peer (above 1: ours wins); "
         "*spread*: (max - min) / median over rounds.",
@@ -187,6 +213,7 @@ def render_markdown(res: dict[str, Any], title: str | None = None) -> str:
     for s in res["suites"].values():
         lines.append(f"## {s['suite']}")
         lines.append("")
+        lines += [f"{s.get('seconds', 0):.0f} s{_noise(s)}.", ""]
         if s["status"] != "ok":
             lines += [f"{s['status']}: {s.get('reason') or ''}", ""]
             continue
@@ -206,10 +233,11 @@ def render_markdown(res: dict[str, Any], title: str | None = None) -> str:
             lines.append(f"- how: {s['method']}")
         lines.append("")
     if goals:
-        lines += ["## Goals", "", "| suite | figure | goal | result |", "|---|---|---|---|"]
+        lines += ["## Goals", "", "| suite | figure | goal | measured | result |",
+                  "|---|---|---|---|---|"]
         for suite, mt, g in goals:
             mark = {True: "met", False: "**not met**", None: "n/a"}[g.get("met")]
-            lines.append(f"| {suite} | {mt['title']} | {g['text']} | {mark} |")
+            lines.append(f"| {suite} | {mt['title']} | {g['text']} | {goal_measured(mt)} | {mark} |")
         lines.append("")
     return "\n".join(lines)
 
