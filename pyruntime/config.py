@@ -83,3 +83,8 @@ def bundle_on_mismatch() -> str:
     if raw not in ("warn", "error", "force"):
         raise ValueError(f"environment variable PYRUNTIME_BUNDLE_ON_MISMATCH={raw!r} is not one of warn, error, force")
     return raw
+
+
+def debug() -> bool:
+    """PYRUNTIME_DEBUG=1: the sidecar and pool log every worker start and exit."""
+    return _flag("PYRUNTIME_DEBUG")

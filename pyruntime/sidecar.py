@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import _protocol as P
+from . import config
 
 F_SETPIPE_SZ = 1031
 PIPE_SIZE = 1 << 20  # one write for MiB payloads; the default limit for users
@@ -63,6 +64,18 @@ class Sidecar:
     crash_streak: int = 0
     stopping: bool = False
     sel: selectors.BaseSelector = field(default_factory=selectors.DefaultSelector)
+    debug: bool = field(default_factory=config.debug)
+
+    def note(self, text: str) -> None:
+        """One line on stderr (the pool's log file or the caller's stderr)."""
+        print(f"pyruntime sidecar {os.getpid()}: {text}", file=sys.stderr, flush=True)
+
+    def tell(self, op: str, fds: list[int] | None = None, **fields: Any) -> None:
+        """Send to the caller; a caller that is gone ends the sidecar quietly."""
+        try:
+            P.send_control(self.sock, op, fds, **fields)
+        except (BrokenPipeError, ConnectionResetError):
+            self.abandon()
 
     # -- worker start ------------------------------------------------------
     def _pipes(self) -> tuple[int, int, int, int]:
@@ -97,8 +110,10 @@ class Sidecar:
         w = _Worker(wid, pid, pidfd, time.monotonic(), popen)
         self.workers[wid] = w
         self.sel.register(pidfd, selectors.EVENT_READ, ("worker", wid))
+        if self.debug:
+            self.note(f"worker {wid} started (pid {pid})")
         try:
-            P.send_control(self.sock, "worker_up", [job_w, res_r], wid=wid, pid=pid)
+            self.tell("worker_up", [job_w, res_r], wid=wid, pid=pid)
         finally:
             os.close(job_w)
             os.close(res_r)
@@ -121,7 +136,7 @@ class Sidecar:
     def fill(self) -> None:
         while not self.stopping and len(self.workers) < self.target:
             if self.crash_streak >= CRASH_LOOP_LIMIT:
-                P.send_control(self.sock, "error", text=(
+                self.tell("error", text=(
                     f"{self.crash_streak} workers in a row died within a second of starting; "
                     "not starting more until the pool asks again"))
                 self.target = len(self.workers)
@@ -142,7 +157,10 @@ class Sidecar:
             self.crash_streak += 1
         else:
             self.crash_streak = 0
-        P.send_control(self.sock, "worker_exit", wid=wid, pid=w.pid, code=code, reason=w.kill_reason)
+        if self.debug or (code != 0 and w.kill_reason is None):
+            self.note(f"worker {wid} (pid {w.pid}) exited with {P.describe_exit(code)}"
+                      + (f" ({w.kill_reason})" if w.kill_reason else ""))
+        self.tell("worker_exit", wid=wid, pid=w.pid, code=code, reason=w.kill_reason)
 
     def kill(self, wid: int, reason: str, sig: int = signal.SIGKILL) -> None:
         w = self.workers.get(wid)
@@ -167,6 +185,15 @@ class Sidecar:
                 continue
             if rss > self.memory_limit:
                 self.kill(w.wid, f"memory:{rss}")
+
+    def abandon(self) -> None:
+        """The caller is gone: kill every worker and exit at once."""
+        for w in self.workers.values():
+            try:
+                os.kill(w.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        os._exit(0)
 
     # -- control -----------------------------------------------------------
     def handle(self, msg: dict[str, Any]) -> None:
@@ -215,9 +242,9 @@ class Sidecar:
                 for fd in fds:
                     os.close(fd)
                 if msg is None:  # the caller is gone: take the workers down with us
-                    for w in self.workers.values():
-                        os.kill(w.pid, signal.SIGKILL)
-                    return 0
+                    self.abandon()
+                if self.debug:
+                    self.note(f"control: {msg}")
                 self.handle(msg)
             if self.memory_limit:
                 self.check_memory()
