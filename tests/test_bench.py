@@ -127,7 +127,6 @@ def test_missing_module_suite_reports_na(monkeypatch):
     assert "n/a" in R.render_suite(res)
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_corpus_and_data_suites(tmp_path):
     """Build a tiny corpus (real cuda:90 compiles), then run the suites on it."""
