@@ -20,7 +20,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 from . import _common as C
 from . import _jobs
@@ -30,25 +30,25 @@ WORKERS = 2
 PAYLOAD = 1 << 20
 
 
-def _make(impl: str) -> tuple[Any, Any]:
-    """(constructor, pre-imported module) for a peer; imports happen here,
-    outside the timed start-up."""
+def _make(impl: str) -> Callable[[], Any]:
+    """The pool constructor of a peer; its imports happen here, outside the
+    timed start-up."""
     if impl == "pyruntime":
         from ..pool import SubprocPool
 
-        return (lambda: SubprocPool(WORKERS)), None
+        return lambda: SubprocPool(WORKERS)
     if impl == "torch":
         from torch._inductor.compile_worker.subproc_pool import SubprocPool as TorchPool
 
-        return (lambda: TorchPool(WORKERS)), None
+        return lambda: TorchPool(WORKERS)
     if impl == "ProcessPoolExecutor":
-        return (lambda: cf.ProcessPoolExecutor(max_workers=WORKERS)), None
+        return lambda: cf.ProcessPoolExecutor(max_workers=WORKERS)
     raise ValueError(f"unknown pool peer {impl!r}")
 
 
 def measure(impl: str, latency_samples: int, payload_samples: int, round_time: float) -> dict[str, Any]:
     """One round for one peer (runs in a child interpreter)."""
-    make, _ = _make(impl)
+    make = _make(impl)
     t0 = time.perf_counter()
     pool = make()
     pool.submit(_jobs.noop).result()

@@ -5,7 +5,6 @@ that ``__main__`` builds, so a saved JSON file can be re-rendered."""
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 # ------------------------------------------------------------------ numbers
