@@ -75,7 +75,8 @@ def _int_list(text: str) -> list[int]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pyruntime.bench",
-                                description=__doc__.splitlines()[0],
+                                description="Measure every pyruntime hot path side by side with "
+                                "its peers, in one run, on the same data.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--suite", action="append", metavar="NAME",
                    help=f"suite(s) to run: {', '.join(SUITES)} (repeatable or comma list; default all)")
@@ -92,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_int_list, dest="compile_workers", metavar="LIST",
                    help="worker counts for the compile suite, e.g. 1,2 (default 1..cores)")
     p.add_argument("--corpus-dir", metavar="DIR",
-                   help="Triton cache corpus (built there if absent; default: a per-user cache dir)")
+                   help="where the Triton cache corpora live (one is built there on first use; "
+                   "default $PYRUNTIME_BENCH_CORPUS or ~/.cache/pyruntime/bench-corpus)")
     p.add_argument("--corpus-kernels", type=int, help="kernel directories in the corpus (default 500)")
     p.add_argument("--no-progress", action="store_true", help="no progress display on stderr")
     p.add_argument("--no-plots", action="store_true", help="do not write plots next to the JSON")
@@ -123,8 +125,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.from_json:
         return _rerender(args)
     names = _suite_list(args.suite)
-    if args.rounds is not None and args.rounds < 1:
-        raise SystemExit("pyruntime.bench: --rounds must be at least 1")
+    for flag, value in (("--rounds", args.rounds), ("--pool-rounds", args.pool_rounds),
+                        ("--kernels", args.compile_kernels), ("--compile-rounds", args.compile_rounds),
+                        ("--corpus-kernels", args.corpus_kernels)):
+        if value is not None and value < 1:
+            raise SystemExit(f"pyruntime.bench: {flag} must be at least 1, got {value}")
+    if args.round_time is not None and args.round_time <= 0:
+        raise SystemExit(f"pyruntime.bench: --round-time must be positive, got {args.round_time}")
     progress = C.Progress(enabled=not args.no_progress)
     settings = C.Settings.make(
         args.quick, rounds=args.rounds, round_time=args.round_time, pool_rounds=args.pool_rounds,
