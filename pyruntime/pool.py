@@ -255,6 +255,7 @@ class SubprocPool(Executor):
         self._ewma_job_s: float | None = None
         self._last_active = time.monotonic()
         self._quiesced = False
+        self._quiesce_when_drained = False
         self._shutdown = False
         self._sidecar: _Sidecar | None = None
         self._thread: threading.Thread | None = None
@@ -296,10 +297,15 @@ class SubprocPool(Executor):
     def quiesce(self) -> None:
         """Stop the workers (their memory returns to the system); the sidecar
         stays. Jobs in flight finish first. The next job or wakeup() starts
-        the workers again."""
+        the workers again. Jobs still queued are not stranded: the workers
+        stop once the queue has drained."""
         with self._lock:
             if self._shutdown or self._sidecar is None or self._quiesced:
                 return
+            if self._queue:  # e.g. workers still starting: stop them after this work
+                self._quiesce_when_drained = True
+                return
+            self._quiesce_when_drained = False
             self._quiesced = True
             self._sidecar.send("quiesce")
             for w in self._workers.values():
@@ -608,6 +614,8 @@ class SubprocPool(Executor):
                         continue
                     outcomes += self._result_locked(w, frame)
                 self._dispatch_locked()
+                if self._quiesce_when_drained and not self._queue:
+                    self.quiesce()
                 outcomes += self._timers_locked()
             _settle(outcomes)
 

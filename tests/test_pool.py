@@ -303,3 +303,14 @@ def test_sidecar_exits_when_parent_pid_does_not_match():
         capture_output=True, timeout=20,
     )
     assert out.returncode == 0 and out.stderr == b""
+
+
+def test_quiesce_before_workers_are_up_does_not_strand_queued_jobs():
+    # Inductor quiesces its pool after a compile; a job queued while the
+    # workers were still starting must run, and shutdown must not hang.
+    p = SubprocPool(2, preload=("slow_preload",))
+    fut = p.submit(J.add, 1, 2)
+    p.quiesce()
+    assert fut.result(10) == 3
+    assert not wait_gone(p.worker_pids, 5.0)  # then the workers did stop
+    p.shutdown(wait=True, timeout=10)

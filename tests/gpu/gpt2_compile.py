@@ -122,6 +122,10 @@ def _count_kernel_dirs(path: str) -> int:
 
 
 def run_phase(args: argparse.Namespace) -> dict[str, Any]:
+    import faulthandler
+
+    # a phase that hangs prints every thread's stack before its parent kills it
+    faulthandler.dump_traceback_later(max(5.0, args.phase_timeout - 10), exit=True)
     cfg = json.loads(args.cfg)
     phase_dir = args.phase_dir
     inductor_dir = os.path.join(phase_dir, "inductor")
@@ -294,7 +298,8 @@ def main() -> int:
             result_path = os.path.join(workdir, f"{phase}.json")
             cmd = [sys.executable, os.path.abspath(__file__), "--phase", phase, "--phase-dir", phase_dir,
                    "--cfg", json.dumps(cfg), "--bundle", bundle, "--result", result_path,
-                   "--out", os.path.join(workdir, f"{phase}_out.pt")]
+                   "--out", os.path.join(workdir, f"{phase}_out.pt"),
+                   "--phase-timeout", str(args.phase_timeout)]
             log(f"phase {phase} ...")
             t = time.perf_counter()
             try:
