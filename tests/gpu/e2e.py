@@ -260,6 +260,7 @@ def run(bundle_path: str) -> dict[str, Any]:
     restore_ms = (time.perf_counter() - t0) * 1e3
     before_dirs = sorted(os.listdir(cache))
     before = hash_dir(cache)
+    digests_before = {d: hash_dir(os.path.join(cache, d)) for d in before_dirs}
 
     import torch
     import triton
@@ -269,12 +270,26 @@ def run(bundle_path: str) -> dict[str, Any]:
     after_dirs = sorted(os.listdir(cache))
     after = hash_dir(cache)
     new_dirs = sorted(set(after_dirs) - set(before_dirs))
+    # A JIT compile writes a kernel directory (a .cubin and a __grp__*.json);
+    # Triton also builds host-side launcher stubs (.so, compiled by gcc for this
+    # machine's Python and driver) into the same cache on first use.
+    new_kernels, new_other = [], {}
+    for d in new_dirs:
+        files = sorted(os.listdir(os.path.join(cache, d)))
+        if any(f.endswith(".cubin") or f.startswith("__grp__") for f in files):
+            new_kernels.append(d)
+        else:
+            new_other[d] = files
+    changed = [d for d in before_dirs if d in after_dirs and
+               hash_dir(os.path.join(cache, d)) != digests_before[d]]
     return {
         "device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
         "pyruntime_backend": native.BACKEND, "restored_kernels": len(before_dirs), "restore_ms": round(restore_ms, 2),
         "restore_result": repr(res)[:300],
         "cache_digest_before": before, "cache_digest_after": after, "cache_unchanged": before == after,
-        "new_cache_entries": new_dirs, "all_correct": all(r["ok"] for r in results), "launches": results,
+        "new_cache_entries": len(new_dirs), "new_kernel_dirs": new_kernels,
+        "new_non_kernel_entries": new_other, "restored_kernel_dirs_changed": changed,
+        "no_jit_compile": not new_kernels and not changed, "all_correct": all(r["ok"] for r in results), "launches": results,
         "TRITON_env": {k: v for k, v in os.environ.items() if k.startswith("TRITON")},
     }
 
