@@ -168,7 +168,14 @@ class InductorPool(Executor):
         self._pool.quiesce()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
+        """As Inductor's own pool: stop now, never wait on queued work.
+
+        Inductor submits a readiness probe when it first looks at the pool and
+        compiles in-process until the probe returns; at exit (or restore())
+        that probe may still be queued behind a sidecar that is importing
+        torch, so waiting for it could hang. Queued jobs are cancelled,
+        running ones get the pool's shutdown grace."""
+        self._pool.shutdown(wait=wait, cancel_futures=True, timeout=0.0)
 
 
 class _CppRouter(Executor):
