@@ -102,10 +102,10 @@ out:
     return rc;
 }
 
-static int is_excluded(const char *name, int is_reg)
+/* Exclusions decided by the name alone; checked before the stat because
+ * Triton creates and removes these while others walk the cache. */
+static int is_excluded_name(const char *name)
 {
-    if (is_reg && strcmp(name, "lock") == 0)
-        return 1;
     if (strncmp(name, "tmp.", 4) == 0)
         return 1;
     return strstr(name, ".tmp.pid_") != NULL;
@@ -199,10 +199,17 @@ static int visit(walker *w, int dirfd, const char *name, size_t base_len)
         w->path[base_len] = '/';
     memcpy(w->path + path_len - name_len, name, name_len + 1);
 
+    if (is_excluded_name(name))
+        return 0;
+    int is_lock = strcmp(name, "lock") == 0;
     struct stat st;
-    if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0)
+    if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
+        /* A lock file released since the listing would have been skipped. */
+        if (errno == ENOENT && is_lock)
+            return 0;
         return prt_fail(w->err, -errno, "cannot stat %s: %s", w->path, strerror(errno));
-    if (is_excluded(name, S_ISREG(st.st_mode)))
+    }
+    if (is_lock && S_ISREG(st.st_mode))
         return 0;
 
     int rc;

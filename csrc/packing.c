@@ -23,6 +23,11 @@
 #define INDEX_REC 28u
 #define MAX_NAME 255u
 #define LZ4_MAX_RATIO 255u /* an LZ4 block never expands data more than this */
+/* Names in messages are cut to NAME_SHOWN bytes so that the problem named
+ * after them always fits in prt_err.msg (a name may be 255 bytes). */
+#define NAME_SHOWN 64u
+#define SHOW_NAME(len, p) (int)((len) > NAME_SHOWN ? NAME_SHOWN : (len)), (const char *)(p), \
+                          ((len) > NAME_SHOWN ? "..." : "")
 
 static int check_name(const uint8_t *name, size_t len, size_t i, prt_err *err)
 {
@@ -75,6 +80,45 @@ static size_t store_entry(const uint8_t *src, size_t len, uint8_t *dst,
     return len;
 }
 
+typedef struct {
+    const char *const *names;
+    const size_t *lens;
+} pack_names;
+
+static int cmp_pack_names(const void *a, const void *b, void *arg)
+{
+    const pack_names *c = arg;
+    size_t x = *(const size_t *)a, y = *(const size_t *)b;
+    size_t n = c->lens[x] < c->lens[y] ? c->lens[x] : c->lens[y];
+    int r = memcmp(c->names[x], c->names[y], n);
+    if (r != 0)
+        return r;
+    return (c->lens[x] > c->lens[y]) - (c->lens[x] < c->lens[y]);
+}
+
+/* pack refuses what unpack would refuse: two entries with one name. */
+static int check_pack_duplicates(size_t n, const char *const *names,
+                                 const size_t *lens, prt_err *err)
+{
+    if (n < 2)
+        return 0;
+    size_t *order = malloc(n * sizeof(size_t));
+    if (order == NULL)
+        return prt_fail(err, -ENOMEM, "out of memory");
+    for (size_t i = 0; i < n; i++)
+        order[i] = i;
+    pack_names ctx = {names, lens};
+    qsort_r(order, n, sizeof(size_t), cmp_pack_names, &ctx);
+    int rc = 0;
+    for (size_t i = 1; i < n && rc == 0; i++) {
+        if (cmp_pack_names(&order[i - 1], &order[i], &ctx) == 0)
+            rc = prt_fail(err, PRT_E_DUPLICATE, "duplicate entry name '%.*s%s'",
+                          SHOW_NAME(lens[order[i]], names[order[i]]));
+    }
+    free(order);
+    return rc;
+}
+
 int prt_pack(size_t n, const char *const *names, const size_t *name_lens,
              const uint8_t *const *datas, const size_t *sizes,
              uint8_t *out, size_t out_cap, size_t *out_len, prt_err *err)
@@ -94,6 +138,9 @@ int prt_pack(size_t n, const char *const *names, const size_t *name_lens,
     }
     if (index_len > UINT32_MAX)
         return prt_fail(err, PRT_E_TOO_LARGE, "index over 4 GiB");
+    rc = check_pack_duplicates(n, names, name_lens, err);
+    if (rc != 0)
+        return rc;
 
     uint8_t *rec = out + PRT_PACK_HEADER_SIZE;
     uint8_t *data = rec + index_len;
@@ -187,8 +234,8 @@ static int check_duplicates(const uint8_t *base, const prt_entry *entries,
     for (uint32_t i = 1; i < count && rc == 0; i++) {
         if (cmp_entry_names(&order[i - 1], &order[i], &ctx) == 0) {
             const prt_entry *e = &entries[order[i]];
-            rc = prt_fail(err, PRT_E_DUPLICATE, "duplicate entry name '%.*s'",
-                          (int)e->name_len, base + e->name_off);
+            rc = prt_fail(err, PRT_E_DUPLICATE, "duplicate entry name '%.*s%s'",
+                          SHOW_NAME(e->name_len, base + e->name_off));
         }
     }
     free(order);
@@ -244,8 +291,8 @@ int prt_unpack_index(const uint8_t *data, size_t len, prt_entry *entries,
         if (rc != 0)
             return rc;
         if (e->raw_size > max_entry)
-            return prt_fail(err, PRT_E_TOO_LARGE, "entry '%.*s' declares %llu bytes, over the %llu-byte limit",
-                            (int)e->name_len, data + e->name_off,
+            return prt_fail(err, PRT_E_TOO_LARGE, "entry '%.*s%s' declares %llu bytes, over the %llu-byte limit",
+                            SHOW_NAME(e->name_len, data + e->name_off),
                             (unsigned long long)e->raw_size, (unsigned long long)max_entry);
         if (e->comp_size > len - data_off)
             return prt_fail(err, PRT_E_FORMAT, "entry %u: data runs past the end", i);
@@ -284,12 +331,12 @@ int prt_unpack_data(const uint8_t *data, size_t len, const prt_entry *entries,
             int n = LZ4_decompress_safe((const char *)src, (char *)dst,
                                         (int)e->comp_size, (int)e->raw_size);
             if (n < 0 || (uint64_t)n != e->raw_size)
-                return prt_fail(err, PRT_E_FORMAT, "entry '%.*s': corrupt LZ4 block",
-                                (int)e->name_len, data + e->name_off);
+                return prt_fail(err, PRT_E_FORMAT, "entry '%.*s%s': corrupt LZ4 block",
+                                SHOW_NAME(e->name_len, data + e->name_off));
         }
         if (prt_xxh3_64(dst, e->raw_size) != e->checksum)
-            return prt_fail(err, PRT_E_CHECKSUM, "entry '%.*s': checksum mismatch",
-                            (int)e->name_len, data + e->name_off);
+            return prt_fail(err, PRT_E_CHECKSUM, "entry '%.*s%s': checksum mismatch",
+                            SHOW_NAME(e->name_len, data + e->name_off));
     }
     return 0;
 }

@@ -28,19 +28,28 @@ MAX_NAME = 255
 LZ4_MAX_INPUT = 0x7E000000
 LZ4_MAX_RATIO = 255
 IO_CHUNK = 1 << 20
+EAGER_PAYLOAD = 16 << 20  # frame payloads up to this are allocated before reading
 
 _xxh3_64 = xxhash.xxh3_64_intdigest
 
 
+def _flat(data: bytes | bytearray | memoryview) -> memoryview:
+    """A byte view of a contiguous buffer: len() of a memoryview counts
+    items, so an array('I') view would otherwise declare the wrong size."""
+    return memoryview(data).cast("B")
+
+
 # ---------------------------------------------------------------- framing
 def encode_frame_header(kind: int, job_id: int, payload: bytes | bytearray | memoryview) -> bytes:
+    payload = _flat(payload)
     return FRAME_HEADER.pack(FRAME_MAGIC, FRAME_VERSION, kind, job_id, len(payload), _xxh3_64(payload))
 
 
 def write_frame(fd: int, kind: int, job_id: int, payload: bytes | bytearray | memoryview) -> None:
+    payload = _flat(payload)
     bufs = [memoryview(encode_frame_header(kind, job_id, payload))]
     if len(payload):
-        bufs.append(memoryview(payload).cast("B"))
+        bufs.append(payload)
     while bufs:
         n = os.writev(fd, bufs)
         while bufs and n >= len(bufs[0]):
@@ -58,6 +67,23 @@ def _read_into(fd: int, view: memoryview) -> int:
             break
         done += n
     return done
+
+
+def read_payload(fd: int, length: int) -> bytearray:
+    """Read exactly ``length`` payload bytes (ProtocolError if the stream ends first).
+
+    Up to EAGER_PAYLOAD is allocated at once; past that the buffer doubles
+    as bytes arrive, so a forged length under a generous max_len costs at
+    most twice the bytes actually sent, never the declared size."""
+    buf = bytearray(min(length, EAGER_PAYLOAD))
+    done = 0
+    while True:
+        done += _read_into(fd, memoryview(buf)[done:])
+        if done < len(buf):
+            raise ProtocolError(f"truncated frame: stream ended {done} of {length} payload bytes")
+        if done == length:
+            return buf
+        buf += bytes(min(len(buf), length - len(buf)))
 
 
 def parse_frame_header(hdr: bytes | bytearray, max_len: int) -> tuple[int, int, int, int]:
@@ -79,10 +105,7 @@ def read_frame(fd: int, max_len: int) -> tuple[int, int, bytearray]:
     if got < len(hdr):
         raise ProtocolError(f"truncated frame: stream ended {got} bytes into the header")
     kind, job_id, length, checksum = parse_frame_header(hdr, max_len)
-    payload = bytearray(length)
-    got = _read_into(fd, memoryview(payload))
-    if got < length:
-        raise ProtocolError(f"truncated frame: stream ended {got} of {length} payload bytes")
+    payload = read_payload(fd, length)
     if _xxh3_64(payload) != checksum:
         raise ProtocolError("frame payload checksum mismatch")
     return kind, job_id, payload
@@ -113,8 +136,9 @@ def hash_file(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-def _excluded(name: bytes, is_reg: bool) -> bool:
-    return (is_reg and name == b"lock") or name.startswith(b"tmp.") or b".tmp.pid_" in name
+def _excluded_name(name: bytes) -> bool:
+    # decided before the lstat: Triton adds and removes these mid-walk
+    return name.startswith(b"tmp.") or b".tmp.pid_" in name
 
 
 def _walk(h: "xxhash.xxh3_128", root: bytes, rel: bytes) -> None:
@@ -122,8 +146,15 @@ def _walk(h: "xxhash.xxh3_128", root: bytes, rel: bytes) -> None:
     for name in sorted(os.listdir(full_dir)):
         path = os.path.join(full_dir, name)
         relpath = rel + b"/" + name if rel else name
-        st = os.lstat(path)
-        if _excluded(name, stat.S_ISREG(st.st_mode)):
+        if _excluded_name(name):
+            continue
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            if name == b"lock":  # a lock released since the listing: skipped anyway
+                continue
+            raise
+        if name == b"lock" and stat.S_ISREG(st.st_mode):
             continue
         if stat.S_ISLNK(st.st_mode):
             target = os.readlink(path)
@@ -140,14 +171,23 @@ def _walk(h: "xxhash.xxh3_128", root: bytes, rel: bytes) -> None:
 
 def hash_dir(path: str | os.PathLike[str]) -> str:
     root = os.fsencode(path)
-    if not os.path.isdir(root):
-        raise NotADirectoryError(20, f"cannot open directory {os.fsdecode(root)}: Not a directory")
+    try:  # the same open the C side does, so both raise the same OSError subclass
+        os.close(os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+    except OSError as e:
+        raise OSError(e.errno, f"cannot open directory {os.fsdecode(root)}: {os.strerror(e.errno)}") from None
     h = xxhash.xxh3_128(b"PRTH\x01")
     _walk(h, root, b"")
     return h.hexdigest()
 
 
 # ---------------------------------------------------------------- packing
+NAME_SHOWN = 64  # bytes of a name quoted in a message, as in packing.c
+
+
+def _shown(name: bytes) -> str:
+    return name[:NAME_SHOWN].decode(errors="replace") + ("..." if len(name) > NAME_SHOWN else "")
+
+
 def check_name(name: bytes, i: int) -> None:
     if not name:
         raise BundleFormatError(f"entry {i}: empty name")
@@ -160,15 +200,24 @@ def check_name(name: bytes, i: int) -> None:
 
 
 def pack(entries: Sequence[tuple[bytes, bytes | bytearray | memoryview]]) -> bytes:
-    index = bytearray()
-    blocks = []
-    data_len = 0
-    for i, (name, data) in enumerate(entries):
-        check_name(name, i)
+    views = [(name, _flat(data)) for name, data in entries]
+    # Checks in the C side's order (sizes, names, duplicates), so both
+    # backends name the same problem first.
+    for i, (name, data) in enumerate(views):
         if len(data) > LZ4_MAX_INPUT:
             raise BundleFormatError(
                 f"entry {i}: {len(data)} bytes is over the {LZ4_MAX_INPUT}-byte LZ4 block limit"
             )
+    for i, (name, data) in enumerate(views):
+        check_name(name, i)
+    ordered = sorted(name for name, _ in views)
+    for a, b in zip(ordered, ordered[1:]):
+        if a == b:  # unpack would refuse the container
+            raise BundleFormatError(f"duplicate entry name '{_shown(a)}'")
+    index = bytearray()
+    blocks = []
+    data_len = 0
+    for i, (name, data) in enumerate(views):
         method, stored = 0, data
         if len(data):
             c = lz4.block.compress(data, mode="default", store_size=False)
@@ -227,7 +276,7 @@ def unpack(data: bytes | bytearray | memoryview, max_entry: int, max_total: int)
             raise BundleFormatError(f"entry {i}: unknown method {method}")
         if raw > max_entry:
             raise BundleFormatError(
-                f"entry '{name.decode(errors='replace')}' declares {raw} bytes, over the {max_entry}-byte limit"
+                f"entry '{_shown(name)}' declares {raw} bytes, over the {max_entry}-byte limit"
             )
         if stored > n - data_off:
             raise BundleFormatError(f"entry {i}: data runs past the end")
@@ -243,7 +292,7 @@ def unpack(data: bytes | bytearray | memoryview, max_entry: int, max_total: int)
     seen: set[bytes] = set()
     for name, *_ in sorted(parsed):
         if name in seen:
-            raise BundleFormatError(f"duplicate entry name '{name.decode(errors='replace')}'")
+            raise BundleFormatError(f"duplicate entry name '{_shown(name)}'")
         seen.add(name)
 
     out = []
@@ -255,10 +304,10 @@ def unpack(data: bytes | bytearray | memoryview, max_entry: int, max_total: int)
             try:
                 content = lz4.block.decompress(block, uncompressed_size=raw)
             except lz4.block.LZ4BlockError:
-                raise BundleFormatError(f"entry '{name.decode(errors='replace')}': corrupt LZ4 block") from None
+                raise BundleFormatError(f"entry '{_shown(name)}': corrupt LZ4 block") from None
             if len(content) != raw:
-                raise BundleFormatError(f"entry '{name.decode(errors='replace')}': corrupt LZ4 block")
+                raise BundleFormatError(f"entry '{_shown(name)}': corrupt LZ4 block")
         if _xxh3_64(content) != checksum:
-            raise BundleFormatError(f"entry '{name.decode(errors='replace')}': checksum mismatch")
+            raise BundleFormatError(f"entry '{_shown(name)}': checksum mismatch")
         out.append((name, content))
     return out

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Run the C core's tests against a build made with -fsanitize=address,undefined.
+#
+#   bash tests/sanitize.sh [extra pytest args]
+#
+# The sanitized module is built in a temporary copy of the tree (csrc/ and
+# the pyruntime package), so the normal in-tree build is never touched. The
+# tests run from that copy with libasan preloaded; a generated check fails the
+# run unless the C backend really is the sanitized module from the copy, and a
+# positive control first proves that an out-of-bounds read in the module is
+# caught. PYTHONMALLOC=malloc routes Python's own small objects through
+# malloc, so ASan sees the bounds of the buffers Python hands to C.
+# Environment: PYTHON (default .venv/bin/python), PYRUNTIME_HYPOTHESIS_PROFILE.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PY=${PYTHON:-$ROOT/.venv/bin/python}
+TESTS=(test_framing.py test_hashing.py test_packing.py test_fuzz_framing.py test_fuzz_packing.py test_format_doc.py)
+start=$(date +%s)
+
+LIBASAN=$(gcc -print-file-name=libasan.so)
+if [ ! -e "$LIBASAN" ] || [ "$LIBASAN" = libasan.so ]; then
+    echo "sanitize.sh: libasan.so not found (Debian/Ubuntu: apt-get install gcc, which ships it)" >&2
+    exit 2
+fi
+LIBASAN=$(readlink -f "$LIBASAN")
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/prt-sanitize.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+SRC="$WORK/src"
+mkdir -p "$SRC/tests" "$SRC/docs"
+cp -r "$ROOT/csrc" "$SRC/csrc"
+# the package without any compiled module or bytecode of the normal build
+tar -C "$ROOT" --exclude='*.so' --exclude='__pycache__' --exclude='_native.c' -cf - pyruntime | tar -C "$SRC" -xf -
+cp "$ROOT/pyproject.toml" "$SRC/"
+cp "$ROOT/docs/FORMAT.md" "$SRC/docs/"
+cp "$ROOT/tests/conftest.py" "$ROOT/tests/_limits.py" "$SRC/tests/"
+for t in "${TESTS[@]}"; do cp "$ROOT/tests/$t" "$SRC/tests/"; done
+
+echo "== building the sanitized C module in $SRC"
+(cd "$SRC" && PYRUNTIME_SANITIZE=1 "$PY" csrc/build_ffi.py >"$WORK/build.log" 2>&1) || {
+    cat "$WORK/build.log" >&2
+    exit 1
+}
+SO=$(ls "$SRC"/pyruntime/_native*.so)
+if ! nm -D "$SO" | grep -q __asan_; then
+    echo "sanitize.sh: $SO has no ASan instrumentation" >&2
+    exit 1
+fi
+
+export PYTHONPATH="$SRC"
+export LD_PRELOAD="$LIBASAN"
+export ASAN_OPTIONS=detect_leaks=0:abort_on_error=0:halt_on_error=1
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+export PYTHONMALLOC=malloc
+export PYRUNTIME_SANITIZED_MODULE="$SO"
+unset PYRUNTIME_PURE_PYTHON
+
+echo "== positive control: an out-of-bounds read in the module must be caught"
+set +e
+(cd "$SRC" && "$PY" -c '
+from pyruntime import native
+b = native.backend
+src = bytearray(1000)
+dst = bytearray(1500)
+e = b.ffi.new("prt_entry *", {"name_len": 1, "method": 0, "raw_size": 1500, "comp_size": 1500})
+# told the source holds 2000 bytes, the module copies 500 past its end
+b.lib.prt_unpack_data(b.ffi.from_buffer(src), 2000, e, 1, b.ffi.from_buffer(dst), 1500, b.ffi.NULL)
+' >"$WORK/control.log" 2>&1)
+rc=$?
+set -e
+if [ $rc -eq 0 ] || ! grep -q "heap-buffer-overflow" "$WORK/control.log"; then
+    echo "sanitize.sh: AddressSanitizer did not catch the control overflow (exit $rc):" >&2
+    cat "$WORK/control.log" >&2
+    exit 1
+fi
+echo "   caught (exit $rc)"
+
+# Fails the run unless the tests use the sanitized module from the copy.
+cat >"$SRC/tests/test_zz_sanitized_build.py" <<'EOF'
+import os
+
+import pyruntime
+from pyruntime import native
+
+
+def test_the_c_backend_is_the_sanitized_copy():
+    want = os.environ["PYRUNTIME_SANITIZED_MODULE"]
+    src = os.path.dirname(os.path.dirname(want))
+    assert pyruntime.__file__.startswith(src + os.sep), pyruntime.__file__
+    assert native.BACKEND == "c" and native.backends()[0].name == "c"
+    import pyruntime._native as mod
+
+    assert os.path.realpath(mod.__file__) == os.path.realpath(want)
+    with open("/proc/self/maps") as f:
+        maps = f.read()
+    assert "libasan" in maps and os.path.realpath(want) in maps
+EOF
+
+echo "== running the core tests under ASan/UBSan"
+(cd "$SRC" && "$PY" -m pytest -q -p no:cacheprovider -m "not slow" \
+    "${TESTS[@]/#/tests/}" tests/test_zz_sanitized_build.py "$@")
+echo "== sanitizer run clean in $(( $(date +%s) - start )) s"
