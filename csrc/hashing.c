@@ -9,7 +9,10 @@
  * (strcmp, never the locale), a directory before its children. Skipped:
  * regular files named "lock", any name starting with "tmp." (Triton's
  * in-progress directories) and names containing ".tmp.pid_" (older
- * Triton's temporary files). docs/FORMAT.md holds the same text. */
+ * Triton's temporary files). docs/FORMAT.md holds the same text.
+ *
+ * XXH3 itself runs through a prt_xxh_impl table (prt_xxh.h): AVX2 when the
+ * CPU has it, else the linked libxxhash; the digests are the same. */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
@@ -23,33 +26,98 @@
 #include <xxhash.h>
 
 #include "prt_core.h"
+#include "prt_xxh.h"
 
 #define PRT_IO_CHUNK (1u << 20)
 
-uint64_t prt_xxh3_64(const uint8_t *data, size_t len)
+/* ---- the baseline table: the linked libxxhash ---- */
+static uint64_t lib_hash64(const void *data, size_t len)
 {
     return (uint64_t)XXH3_64bits(data, len);
 }
 
-static void hex128(XXH128_hash_t h, char *out_hex)
+static void lib_canonical(XXH128_hash_t h, uint8_t out[16])
 {
-    static const char digits[] = "0123456789abcdef";
     XXH128_canonical_t c;
     XXH128_canonicalFromHash(&c, h);
+    memcpy(out, c.digest, 16);
+}
+
+static void lib_hash128(const void *data, size_t len, uint8_t out[16])
+{
+    lib_canonical(XXH3_128bits(data, len), out);
+}
+
+static void *lib_state_new(void)
+{
+    XXH3_state_t *s = XXH3_createState();
+    if (s != NULL)
+        XXH3_128bits_reset(s);
+    return s;
+}
+
+static int lib_update(void *state, const void *data, size_t len)
+{
+    return XXH3_128bits_update(state, data, len) == XXH_OK ? 0 : -1;
+}
+
+static void lib_digest(const void *state, uint8_t out[16])
+{
+    lib_canonical(XXH3_128bits_digest(state), out);
+}
+
+static void lib_state_free(void *state)
+{
+    XXH3_freeState(state);
+}
+
+static const prt_xxh_impl xxh_lib = {
+    "libxxhash", lib_hash64, lib_hash128, lib_state_new,
+    lib_update, lib_digest, lib_state_free,
+};
+
+/* Asked on every call: __builtin_cpu_supports reads a word libgcc fills in
+ * at load time, so this costs less than keeping a choice of our own. */
+const prt_xxh_impl *prt_xxh(void)
+{
+#if PRT_XXH_HAVE_AVX2
+    if (__builtin_cpu_supports("avx2"))
+        return &prt_xxh_avx2;
+#endif
+    return &xxh_lib;
+}
+
+const char *prt_xxh_impl_name(void)
+{
+    return prt_xxh()->name;
+}
+
+uint64_t prt_xxh3_64(const uint8_t *data, size_t len)
+{
+    return prt_xxh()->hash64(data, len);
+}
+
+static void hex128(const uint8_t digest[16], char *out_hex)
+{
+    static const char digits[] = "0123456789abcdef";
     for (int i = 0; i < 16; i++) {
-        out_hex[2 * i] = digits[c.digest[i] >> 4];
-        out_hex[2 * i + 1] = digits[c.digest[i] & 15];
+        out_hex[2 * i] = digits[digest[i] >> 4];
+        out_hex[2 * i + 1] = digits[digest[i] & 15];
     }
     out_hex[32] = '\0';
 }
 
 void prt_hash_bytes(const uint8_t *data, size_t len, char *out_hex)
 {
-    hex128(XXH3_128bits(data, len), out_hex);
+    uint8_t digest[16];
+    prt_xxh()->hash128(data, len, digest);
+    hex128(digest, out_hex);
 }
 
+/* ---- streaming digests of files and trees ---- */
 typedef struct {
-    XXH3_state_t *state;
+    const prt_xxh_impl *xxh; /* the one table that owns `state` */
+    void *state;
     uint8_t *buf;          /* PRT_IO_CHUNK bytes, reused for every file */
     char path[PATH_MAX];   /* relative path of the entry being visited */
     prt_err *err;
@@ -69,7 +137,7 @@ static int feed_fd(walker *w, int fd, uint64_t size, const char *what)
         if (n == 0)
             break;
         total += (uint64_t)n;
-        if (XXH3_128bits_update(w->state, w->buf, (size_t)n) != XXH_OK)
+        if (w->xxh->update(w->state, w->buf, (size_t)n) != 0)
             return prt_fail(w->err, -ENOMEM, "xxhash update failed");
     }
     if (size != UINT64_MAX && total != size)
@@ -77,27 +145,45 @@ static int feed_fd(walker *w, int fd, uint64_t size, const char *what)
     return 0;
 }
 
+/* Pick the XXH3 table once per digest and allocate its state and the read
+ * buffer; 0, or -ENOMEM reported in w->err. */
+static int walker_open(walker *w, prt_err *err)
+{
+    w->err = err;
+    w->xxh = prt_xxh();
+    w->state = w->xxh->state_new();
+    w->buf = malloc(PRT_IO_CHUNK);
+    if (w->state == NULL || w->buf == NULL)
+        return prt_fail(err, -ENOMEM, "out of memory");
+    return 0;
+}
+
+static void walker_digest(walker *w, char *out_hex)
+{
+    uint8_t digest[16];
+    w->xxh->digest(w->state, digest);
+    hex128(digest, out_hex);
+}
+
+static void walker_close(walker *w)
+{
+    free(w->buf);
+    if (w->state != NULL)
+        w->xxh->state_free(w->state);
+}
+
 int prt_hash_file(const char *path, char *out_hex, prt_err *err)
 {
-    walker w = {0};
-    w.err = err;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return prt_fail(err, -errno, "cannot open %s: %s", path, strerror(errno));
-    int rc = -ENOMEM;
-    w.state = XXH3_createState();
-    w.buf = malloc(PRT_IO_CHUNK);
-    if (w.state == NULL || w.buf == NULL) {
-        prt_fail(err, rc, "out of memory");
-        goto out;
-    }
-    XXH3_128bits_reset(w.state);
-    rc = feed_fd(&w, fd, UINT64_MAX, path);
+    walker w = {0};
+    int rc = walker_open(&w, err);
     if (rc == 0)
-        hex128(XXH3_128bits_digest(w.state), out_hex);
-out:
-    free(w.buf);
-    XXH3_freeState(w.state);
+        rc = feed_fd(&w, fd, UINT64_MAX, path);
+    if (rc == 0)
+        walker_digest(&w, out_hex);
+    walker_close(&w);
     close(fd);
     return rc;
 }
@@ -180,9 +266,9 @@ static int feed_record(walker *w, char type, size_t path_len, uint64_t size)
     head[0] = (uint8_t)type;
     prt_put32(head + 1, (uint32_t)path_len);
     prt_put64(sz, size);
-    if (XXH3_128bits_update(w->state, head, sizeof(head)) != XXH_OK ||
-        XXH3_128bits_update(w->state, w->path, path_len) != XXH_OK ||
-        XXH3_128bits_update(w->state, sz, sizeof(sz)) != XXH_OK)
+    if (w->xxh->update(w->state, head, sizeof(head)) != 0 ||
+        w->xxh->update(w->state, w->path, path_len) != 0 ||
+        w->xxh->update(w->state, sz, sizeof(sz)) != 0)
         return prt_fail(w->err, -ENOMEM, "xxhash update failed");
     return 0;
 }
@@ -221,7 +307,7 @@ static int visit(walker *w, int dirfd, const char *name, size_t base_len)
         if ((size_t)n >= sizeof(target))
             return prt_fail(w->err, -ENAMETOOLONG, "link target too long: %s", w->path);
         rc = feed_record(w, 'l', path_len, (uint64_t)n);
-        if (rc == 0 && XXH3_128bits_update(w->state, target, (size_t)n) != XXH_OK)
+        if (rc == 0 && w->xxh->update(w->state, target, (size_t)n) != 0)
             rc = prt_fail(w->err, -ENOMEM, "xxhash update failed");
         return rc;
     }
@@ -265,26 +351,18 @@ static int walk(walker *w, int dirfd, size_t base_len)
 int prt_hash_dir(const char *path, char *out_hex, prt_err *err)
 {
     static const uint8_t domain[5] = {'P', 'R', 'T', 'H', 1};
-    walker w = {0};
-    w.err = err;
     int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0)
         return prt_fail(err, -errno, "cannot open directory %s: %s", path, strerror(errno));
-    int rc = -ENOMEM;
-    w.state = XXH3_createState();
-    w.buf = malloc(PRT_IO_CHUNK);
-    if (w.state == NULL || w.buf == NULL) {
-        prt_fail(err, rc, "out of memory");
-        goto out;
-    }
-    XXH3_128bits_reset(w.state);
-    XXH3_128bits_update(w.state, domain, sizeof(domain));
-    rc = walk(&w, fd, 0);
+    walker w = {0};
+    int rc = walker_open(&w, err);
+    if (rc == 0 && w.xxh->update(w.state, domain, sizeof(domain)) != 0)
+        rc = prt_fail(err, -ENOMEM, "xxhash update failed");
     if (rc == 0)
-        hex128(XXH3_128bits_digest(w.state), out_hex);
-out:
-    free(w.buf);
-    XXH3_freeState(w.state);
+        rc = walk(&w, fd, 0);
+    if (rc == 0)
+        walker_digest(&w, out_hex);
+    walker_close(&w);
     close(fd);
     return rc;
 }

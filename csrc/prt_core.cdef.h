@@ -56,6 +56,7 @@ int prt_set_pdeathsig(int sig);
 
 /* hashing.c */
 uint64_t prt_xxh3_64(const uint8_t *data, size_t len);
+const char *prt_xxh_impl_name(void); /* "avx2" or "libxxhash": the XXH3 build this CPU runs */
 void prt_hash_bytes(const uint8_t *data, size_t len, char *out_hex);
 int prt_hash_file(const char *path, char *out_hex, prt_err *err);
 int prt_hash_dir(const char *path, char *out_hex, prt_err *err);

@@ -149,6 +149,34 @@ def test_hash_bytes_and_file_at_boundary_sizes(backend, tmp, size):
     assert len(want) == 32 and set(want) <= HEX
 
 
+def _cpu_flags() -> set[str]:
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def test_c_xxh3_runs_the_avx2_build_where_the_cpu_has_avx2():
+    c, _ = _both()
+    name = c.ffi.string(c.lib.prt_xxh_impl_name()).decode()
+    if sys.platform == "linux" and os.uname().machine == "x86_64":
+        assert name == ("avx2" if "avx2" in _cpu_flags() else "libxxhash")
+    else:
+        assert name == "libxxhash"
+
+
+def test_c_xxh3_64_and_128_match_xxhash_at_every_small_length():
+    # Every length through 2 KiB crosses each XXH3 size class and the first
+    # stripes and block of the long-input loop; then a few block multiples.
+    c, _ = _both()
+    blob = os.urandom(70_000)
+    for n in [*range(2049), 4095, 4096, 4097, 65_536, 70_000]:
+        data = blob[:n]
+        assert c.lib.prt_xxh3_64(data, n) == xxhash.xxh3_64_intdigest(data), n
+        assert c.hash_bytes(data) == xxhash.xxh3_128_hexdigest(data), n
+
+
 def test_hash_bytes_of_a_typed_buffer_hashes_its_bytes(backend):
     ints = array.array("I", range(300))
     assert backend.hash_bytes(memoryview(ints)) == xxhash.xxh3_128_hexdigest(ints.tobytes())
