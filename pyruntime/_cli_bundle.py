@@ -12,6 +12,11 @@
 A bad input (missing file, corrupt bundle, a bundle for another Triton
 under ``--on-mismatch error``) prints one line naming the problem and exits
 with status 2; ``bundle verify`` exits 1 when the file is not a valid bundle.
+
+``bundle inspect`` shows the bundle's Python ABI (``triton_abi``: the
+Python that collected it, whose Triton wheel made the kernels' cache keys)
+and says when it is not this interpreter's; ``bundle restore`` treats such a
+bundle as a mismatch under ``--on-mismatch``, like another Triton version.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--target", default=None, metavar="TARGET",
                    help="target the kernels must be built for, e.g. cuda:90 (default: not checked)")
     p.add_argument("--on-mismatch", choices=("warn", "error", "force"), default=None,
-                   help="kernels for another Triton version or target: warn and skip (default), "
+                   help="kernels for another Triton version, Python ABI or target: warn and skip (default), "
                         "error (write nothing), force (write anyway)")
     p.add_argument("--fsync", action="store_true", default=None, help="fsync files and directories")
     p.set_defaults(handler=_restore)
@@ -182,6 +187,8 @@ def _restore(args: argparse.Namespace) -> int:
     print(f"restored {len(result.restored)} kernels ({result.files_written} files, "
           f"{_human(result.bytes_written)}) into {cache_dir}; "
           f"{len(result.existing)} already present; {len(result.incompatible)} skipped")
+    if result.message:
+        print(f"warning: {result.message}", file=sys.stderr)
     for h, reason in result.incompatible.items():
         print(f"  skipped {h}: {reason}", file=sys.stderr)
     if result.stale_removed:
@@ -191,6 +198,7 @@ def _restore(args: argparse.Namespace) -> int:
 
 def _inspect(args: argparse.Namespace) -> int:
     from .bundle_format import describe
+    from .bundler import installed_triton_abi
 
     data = _read_bundle_bytes(args.file)
     try:
@@ -204,6 +212,12 @@ def _inspect(args: argparse.Namespace) -> int:
     print(f"format          {info['format']} v{info['format_version']} (written by pyruntime "
           f"{info['pyruntime_version']})")
     print(f"triton          {info['triton_version'] or 'unknown'}")
+    abi, here = info["triton_abi"], installed_triton_abi()
+    note = ""
+    if abi and here and abi != here:
+        note = (f" (this interpreter is {here}: Triton's cache keys differ per Python version, "
+                "so Triton here would not use these kernels)")
+    print(f"python abi      {abi or 'unknown (not recorded)'}{note}")
     print(f"targets         {', '.join(info['targets']) or 'unknown'}")
     print(f"content digest  {info['content_digest']}")
     print(f"size            {_human(info['raw_size'])} of kernel files in {_human(info['file_size'])} "

@@ -5,7 +5,12 @@ XXH3 checksums, plain entry names) holding, in this order,
 
 * ``header.json``: format name and version, the Triton version that built
   the kernels, the targets, the pyruntime version that wrote the file, the
-  content digest and the blob sizes;
+  content digest, the blob sizes and, optionally, ``triton_abi``: the ABI
+  tag of the Python that collected the kernels (``"cpython-312-x86_64-linux-gnu"``);
+  Triton's cache keys depend on the exact Triton wheel, which differs per
+  Python version, so :func:`pyruntime.cache.restore` checks it. It is
+  written only when known and a header without it reads as "unknown", so
+  files written before it existed still read (format version stays 1);
 * ``kernels.json``: the kernel table; each kernel's hash, device, target and
   Triton version, and each of its files as ``[name, blob, offset, size]``;
 * ``blob.0``, ``blob.1``, ...: the kernel files back to back.
@@ -43,6 +48,7 @@ from .bundler import (
     check_file_name,
     check_kernel_hash,
     check_target,
+    check_abi,
     check_version,
 )
 from .errors import BundleFormatError
@@ -59,6 +65,8 @@ MAX_JSON = 256 << 20
 _HEADER_KEYS = frozenset(
     {"format", "format_version", "pyruntime_version", "triton_version", "targets", "content_digest", "blobs"}
 )
+# Optional header keys: absent means unknown (files written before them).
+_OPTIONAL_HEADER_KEYS = frozenset({"triton_abi"})
 _KERNEL_KEYS = frozenset({"hash", "device", "target", "triton_version", "files"})
 _DIGEST_DOMAIN = b"pyruntime-triton-bundle/1\n"
 
@@ -167,6 +175,7 @@ def check_bundle(bundle: TritonBundle) -> None:
         if len(names) != len(k.artifacts):
             raise BundleFormatError(f"kernel {k.kernel_hash}: a file name appears twice")
     check_version(bundle.triton_version, "triton_version")
+    check_abi(bundle.triton_abi)
 
 
 def _json_bytes(obj: Any) -> bytes:
@@ -187,6 +196,10 @@ def encode(bundle: TritonBundle) -> bytes:
         "content_digest": content_digest(kernels_json, blobs),
         "blobs": [len(b) for b in blobs],
     }
+    if bundle.triton_abi is not None:
+        # omitted when unknown, so such a file is byte for byte what older
+        # pyruntime versions wrote and read
+        header["triton_abi"] = bundle.triton_abi
     entries: list[tuple[str, Buffer]] = [(HEADER_NAME, _json_bytes(header)), (KERNELS_NAME, kernels_json)]
     entries += [(f"{BLOB_PREFIX}{i}", b) for i, b in enumerate(blobs)]
     return packing.pack(entries)
@@ -271,13 +284,17 @@ def parse_header(raw: Buffer) -> dict[str, Any]:
         raise BundleFormatError(
             f"bundle format version {version} is not supported (this pyruntime reads version {FORMAT_VERSION})"
         )
-    extra = set(man) - _HEADER_KEYS
+    extra = set(man) - _HEADER_KEYS - _OPTIONAL_HEADER_KEYS
     missing = _HEADER_KEYS - set(man)
     if extra or missing:
         raise _fail(f"{HEADER_NAME}: unexpected keys {sorted(extra)}" if extra
                     else f"{HEADER_NAME}: missing keys {sorted(missing)}")
     check_version(man["pyruntime_version"], "pyruntime_version")
     check_version(man["triton_version"], "triton_version")
+    try:
+        check_abi(man.get("triton_abi"))
+    except BundleFormatError as e:
+        raise _fail(str(e)) from None
     digest = man["content_digest"]
     if not (isinstance(digest, str) and len(digest) == 32 and all(c in "0123456789abcdef" for c in digest)):
         raise _fail("content_digest is not 32 lowercase hex digits")
@@ -403,7 +420,8 @@ def decode(data: Buffer) -> TritonBundle:
     for k in kernels:
         arts = [TritonKernelArtifact(name, blobs[blob][off:off + size]) for name, blob, off, size in k["files"]]
         out.append(TritonKernelArtifacts(k["hash"], k["device"], arts, k["target"], k["triton_version"]))
-    return TritonBundle(out, header["triton_version"], header["pyruntime_version"], header["content_digest"])
+    return TritonBundle(out, header["triton_version"], header["pyruntime_version"], header["content_digest"],
+                        triton_abi=header.get("triton_abi"))
 
 
 def read_file(path: str | os.PathLike[str]) -> bytes:
@@ -431,6 +449,7 @@ def describe(data: Buffer) -> dict[str, Any]:
         "format_version": FORMAT_VERSION,
         "pyruntime_version": bundle.pyruntime_version,
         "triton_version": bundle.triton_version,
+        "triton_abi": bundle.triton_abi,
         "targets": bundle.targets,
         "content_digest": bundle.content_digest,
         "file_size": len(data),

@@ -23,6 +23,16 @@ sentinel becomes the new directory, so a bundle is relocatable. A ``.json``
 that already contains the sentinel is refused on collect, since it could not
 be told apart from a replaced path.
 
+Every collected bundle also records ``triton_abi``, the ABI tag of the
+Python that collected it (``"cpython-311-x86_64-linux-gnu"``, from
+``sysconfig``'s ``EXT_SUFFIX``; see :func:`installed_triton_abi`). Triton's
+cache key includes a hash of its compiled ``libtriton`` library, and Triton
+ships one wheel per CPython minor version whose libraries differ, so the
+same Triton version under Python 3.11 and 3.12 gives every kernel a
+different key: a bundle restored under another Python is written but never
+hit. :func:`pyruntime.cache.restore` treats an ABI other than its own as a
+mismatch.
+
 This module imports neither torch nor triton; the installed Triton version
 comes from the package metadata.
 """
@@ -34,6 +44,8 @@ import json
 import logging
 import os
 import re
+import sys
+import sysconfig
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Literal, Union
 
@@ -124,6 +136,21 @@ def check_target(target: object) -> str | None:
     return target
 
 
+_ABI_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+
+
+def check_abi(abi: object) -> str | None:
+    """Return ``abi`` if it is ``None`` or a short ABI tag such as
+    ``"cpython-312-x86_64-linux-gnu"``, else raise :class:`BundleFormatError`."""
+    if abi is None:
+        return None
+    if not isinstance(abi, str) or not _ABI_RE.fullmatch(abi):
+        raise BundleFormatError(
+            f"triton_abi {abi!r} is not an ABI tag like 'cpython-312-x86_64-linux-gnu' (1-64 of A-Z a-z 0-9 _ - .)"
+        )
+    return abi
+
+
 def check_version(version: object, what: str) -> str | None:
     if version is None:
         return None
@@ -148,6 +175,48 @@ def installed_triton_version() -> str | None:
         except metadata.PackageNotFoundError:
             continue
     return None
+
+
+def abi_from_ext_suffix(suffix: object) -> str | None:
+    """The ABI tag in an extension-module suffix: without its dot and file
+    extension (``.cpython-312-x86_64-linux-gnu.so`` ->
+    ``cpython-312-x86_64-linux-gnu``, ``.cp312-win_amd64.pyd`` ->
+    ``cp312-win_amd64``; a free-threaded ``313t`` keeps its ``t``);
+    ``None`` when it holds no tag (a bare ``.so``) or is not a string."""
+    if not isinstance(suffix, str):
+        return None
+    tag = suffix.lstrip(".")
+    for ext in (".so", ".pyd", ".dylib"):
+        if tag.endswith(ext):
+            tag = tag[: -len(ext)]
+            break
+    if tag in ("", "so", "pyd", "dylib"):
+        return None
+    try:
+        return check_abi(tag)
+    except BundleFormatError:
+        return None
+
+
+@lru_cache(maxsize=1)
+def installed_triton_abi() -> str | None:
+    """ABI tag of this interpreter, which picks the Triton wheel installed
+    in it: :func:`abi_from_ext_suffix` of ``sysconfig``'s ``EXT_SUFFIX``,
+    falling back to ``sys.implementation.cache_tag``; ``None`` when neither
+    is known. Recorded as a bundle's ``triton_abi`` at collect time and
+    compared on restore.
+
+    Why the interpreter's tag: Triton's cache key hashes its ``libtriton``
+    shared library, which differs between the per-CPython wheels of one
+    Triton release. Triton is not imported to find out (slow, and the wheel
+    installed was chosen by this very tag)."""
+    tag = abi_from_ext_suffix(sysconfig.get_config_var("EXT_SUFFIX"))
+    if tag is None:
+        try:
+            tag = check_abi(getattr(sys.implementation, "cache_tag", None))
+        except BundleFormatError:
+            tag = None
+    return tag
 
 
 def triton_cache_dir(device: int = 0) -> str:
@@ -236,12 +305,16 @@ class TritonBundle:
     ``triton_version`` is the Triton that built the kernels (the installed one
     at collect time); ``pyruntime_version`` the pyruntime that wrote the
     bundle. ``content_digest`` is set on bundles read from bytes (the digest
-    the file carried, checked on load)."""
+    the file carried, checked on load). ``triton_abi`` is the ABI tag of the
+    Python that collected the kernels (:func:`installed_triton_abi`; Triton's
+    cache keys differ per CPython wheel); ``None`` when unknown, as in
+    bundles written before it was recorded, and then not checked."""
 
     kernel_artifacts: list[TritonKernelArtifacts]
     triton_version: str | None = None
     pyruntime_version: str = __version__
     content_digest: str | None = dataclasses.field(default=None, compare=False)
+    triton_abi: str | None = None
     # (payload objects, places, blobs) when a collect read the files straight
     # into the blobs of the file layout; see bundle_format._layout
     _prelaid: tuple[list[Any], list[list[tuple[int, int]]], list[Any]] | None = dataclasses.field(
@@ -549,7 +622,7 @@ def _read_kernels(items: list[tuple[str, str, int, bool]]) -> TritonBundle:
         log.debug("%s changed while it was read; reading file by file", e)
         kernels = [k for root, h, device, complete_only in items
                    if (k := read_kernel_dir(root, h, device, complete_only=complete_only)) is not None]
-        return TritonBundle(kernels, triton_version=installed_triton_version())
+        return TritonBundle(kernels, triton_version=installed_triton_version(), triton_abi=installed_triton_abi())
 
     ro = [v.toreadonly() for v in views]
     kernels = []
@@ -561,7 +634,7 @@ def _read_kernels(items: list[tuple[str, str, int, bool]]) -> TritonBundle:
             flat.append(payload)
             arts.append(TritonKernelArtifact(name, payload))
         kernels.append(TritonKernelArtifacts(h, device, arts, target, version))
-    bundle = TritonBundle(kernels, triton_version=installed_triton_version())
+    bundle = TritonBundle(kernels, triton_version=installed_triton_version(), triton_abi=installed_triton_abi())
     object.__setattr__(bundle, "_prelaid", (flat, places, ro))
     return bundle
 
@@ -612,7 +685,7 @@ class BundlerConfig:
     the ``PYRUNTIME_BUNDLE`` environment variable, when set, wins.
     ``force_disable``: off whatever the rest says.
     ``on_mismatch``: what a restore does with kernels built for another
-    Triton version or target (``None``: ``PYRUNTIME_BUNDLE_ON_MISMATCH``,
+    Triton version, Python ABI or target (``None``: ``PYRUNTIME_BUNDLE_ON_MISMATCH``,
     default ``"warn"``); see :func:`pyruntime.cache.restore`.
     ``target``: the target restores expect (``"cuda:90"``); ``None`` checks
     no target. ``fsync``: fsync restored files (``None``: ``PYRUNTIME_FSYNC``)."""

@@ -28,6 +28,15 @@
    ``3.6.0``); a kernel or installation whose version is unknown is not
    checked. Triton keys its cache by version and target, so a mismatched
    kernel would never be loaded: skipping it only saves disk.
+7. A bundle whose ``triton_abi`` (the ABI tag of the Python that collected
+   it, e.g. ``cpython-312-x86_64-linux-gnu``) differs from this
+   interpreter's is a mismatch under the same ``on_mismatch`` policy, for
+   every kernel in it: Triton's cache key hashes its ``libtriton`` library,
+   and the wheels of one Triton release differ per CPython version, so such
+   kernels would be written and then never hit (everything recompiles).
+   The fix is to rebuild the bundle under the Python that will load it. A
+   bundle without ``triton_abi`` (written before it was recorded), or a
+   restore where no Triton is installed, is not checked.
 
 Speed: one listing of the cache directory replaces a stat per kernel, and
 each file costs one ``open``/``write``/``close``.
@@ -52,6 +61,7 @@ from .bundler import (
     TritonBundle,
     TritonKernelArtifacts,
     check_target,
+    installed_triton_abi,
     installed_triton_version,
     triton_cache_dir,
 )
@@ -81,6 +91,8 @@ class RestoreResult:
     files_written: int = 0
     bytes_written: int = 0
     stale_removed: list[str] = dataclasses.field(default_factory=list)
+    #: the warning issued (policy "warn") about skipped kernels, else None
+    message: str | None = None
 
 
 # --------------------------------------------------------------------------
@@ -91,13 +103,36 @@ def _base_version(v: str) -> str:
     return v.split("+", 1)[0]
 
 
+ABI_HELP = ("Triton's cache keys depend on the exact Triton wheel, which differs per Python version, "
+            "so Triton would miss these kernels and recompile them; rebuild the bundle under the target's Python")
+
+
+def abi_reason(bundle_abi: str | None, local_abi: str | None) -> str | None:
+    """Why a bundle collected under Python ABI ``bundle_abi`` does not fit
+    an interpreter of ``local_abi``, or ``None`` (equal, or either unknown)."""
+    if bundle_abi and local_abi and bundle_abi != local_abi:
+        return f"collected under Python ABI {bundle_abi}, this interpreter is {local_abi}"
+    return None
+
+
 def mismatch_reason(
-    kernel: TritonKernelArtifacts, installed: str | None, target: str | None, default_version: str | None = None
+    kernel: TritonKernelArtifacts,
+    installed: str | None,
+    target: str | None,
+    default_version: str | None = None,
+    *,
+    bundle_abi: str | None = None,
+    local_abi: str | None = None,
 ) -> str | None:
-    """Why ``kernel`` does not fit this installation, or ``None``."""
+    """Why ``kernel`` does not fit this installation, or ``None``: another
+    Triton version, another Python ABI (``bundle_abi`` vs ``local_abi``,
+    see :func:`abi_reason`), or another target than ``target``."""
     built = kernel.triton_version or default_version
     if built and installed and _base_version(built) != _base_version(installed):
         return f"built with triton {built}, installed is {installed}"
+    abi = abi_reason(bundle_abi, local_abi)
+    if abi is not None:
+        return abi
     if target and kernel.target and kernel.target != target:
         return f"built for {kernel.target}, expected {target}"
     return None
@@ -108,6 +143,24 @@ def _policy(on_mismatch: str | None) -> str:
     if policy not in ("warn", "error", "force"):
         raise ValueError(f"on_mismatch must be 'warn', 'error' or 'force', not {policy!r}")
     return policy
+
+
+def _mismatch_message(incompatible: dict[str, str], wrong_abi: str | None) -> str:
+    """One line about the skipped kernels: the ABI mismatch (which hits
+    every kernel alike) once with its explanation, the rest up to 5 by name."""
+    parts = []
+    others = incompatible
+    if wrong_abi is not None:
+        others = {h: r for h, r in incompatible.items() if r != wrong_abi}
+        n_abi = len(incompatible) - len(others)
+        if n_abi:
+            parts.append(f"{n_abi} bundled kernel(s) were {wrong_abi}: {ABI_HELP}")
+    if others:
+        lines = "; ".join(f"{h}: {r}" for h, r in list(others.items())[:5])
+        more = len(others) - 5
+        parts.append(f"{len(others)} bundled kernel(s) do not fit this installation "
+                     f"({lines}{f'; and {more} more' if more > 0 else ''})")
+    return "; ".join(parts)
 
 
 # --------------------------------------------------------------------------
@@ -306,23 +359,27 @@ def restore(
 
     # 1. decide everything before writing anything
     installed = installed_triton_version()
+    # No Triton here: nothing to compare the ABI with (as for the version).
+    local_abi = installed_triton_abi() if installed else None
+    wrong_abi = abi_reason(bundle.triton_abi, local_abi)
     todo: list[tuple[str, TritonKernelArtifacts]] = []
     for k in bundle.kernel_artifacts:
-        reason = mismatch_reason(k, installed, target, bundle.triton_version)
+        reason = mismatch_reason(k, installed, target, bundle.triton_version,
+                                 bundle_abi=bundle.triton_abi, local_abi=local_abi)
         if reason is not None and policy != "force":
             result.incompatible[k.kernel_hash] = reason
             continue
         root = os.fspath(cache_dir) if cache_dir is not None else triton_cache_dir(k.device)
         todo.append((root, k))
+    if wrong_abi is not None and policy == "force":
+        log.debug("bundle %s; writing it anyway (on_mismatch='force')", wrong_abi)
     if result.incompatible:
-        lines = "; ".join(f"{h}: {r}" for h, r in list(result.incompatible.items())[:5])
-        more = len(result.incompatible) - 5
-        msg = (f"{len(result.incompatible)} bundled kernel(s) do not fit this installation "
-               f"({lines}{f'; and {more} more' if more > 0 else ''})")
+        msg = _mismatch_message(result.incompatible, wrong_abi)
         if policy == "error":
             raise BundleCompatibilityError(msg + "; nothing was written")
-        warnings.warn(msg + "; skipped them", RuntimeWarning, stacklevel=2)
-        log.debug("%s; skipped them", msg)
+        result.message = msg + "; skipped them"
+        warnings.warn(result.message, RuntimeWarning, stacklevel=2)
+        log.debug("%s", result.message)
 
     # 2. one listing per cache directory: existing kernels and stale litter
     listings: dict[str, set[str]] = {}

@@ -7,6 +7,8 @@ import dataclasses
 import json
 import os
 import shutil
+import sys
+import sysconfig
 
 import pytest
 
@@ -21,7 +23,9 @@ from pyruntime.bundler import (
     TritonBundlerMetadata,
     TritonKernelArtifact,
     TritonKernelArtifacts,
+    abi_from_ext_suffix,
     collect_dir,
+    installed_triton_abi,
     installed_triton_version,
     load_bundle,
     triton_cache_dir,
@@ -205,7 +209,7 @@ def test_collected_blobs_are_reused_only_while_the_bundle_is_unchanged(kernel_ca
     # the same kernels as plain bytes go through the general layout: same file
     plain = TritonBundle([dataclasses.replace(k, artifacts=[TritonKernelArtifact(a.filename, bytes(a.payload))
                                                              for a in k.artifacts])
-                          for k in fresh.kernel_artifacts], fresh.triton_version)
+                          for k in fresh.kernel_artifacts], fresh.triton_version, triton_abi=fresh.triton_abi)
     assert plain._prelaid is None
     assert plain.to_bytes() == fresh.to_bytes()
     # swap one payload in place: the collected blobs must not be reused
@@ -244,6 +248,59 @@ def test_round_trip_bytes_and_file(kernel_cache, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name != "k.prtb"]  # no temporary left
     assert bundle.save(path) == len(data)  # over an existing file
     assert path.read_bytes() == data
+
+
+def _header(data: bytes) -> dict:
+    entries = pyruntime.packing.unpack(data)
+    assert entries[0][0] == "header.json"
+    return json.loads(entries[0][1])
+
+
+def test_collect_records_this_interpreters_abi(kernel_cache):
+    """Triton's cache keys differ per CPython wheel, so a collected bundle
+    names the Python it was collected under, and the file carries it."""
+    here = installed_triton_abi()
+    assert here == sysconfig.get_config_var("EXT_SUFFIX").lstrip(".").rsplit(".", 1)[0]
+    assert here.startswith(sys.implementation.cache_tag)  # "cpython-311..."
+    bundle = collect_dir(kernel_cache[0])
+    assert bundle.triton_abi == here
+    data = bundle.to_bytes()
+    assert _header(data)["triton_abi"] == here
+    assert TritonBundle.from_bytes(data).triton_abi == here
+    assert bundle_format.describe(data)["triton_abi"] == here
+
+
+@pytest.mark.parametrize("suffix,tag", [
+    (".cpython-312-x86_64-linux-gnu.so", "cpython-312-x86_64-linux-gnu"),
+    (".cpython-313t-x86_64-linux-gnu.so", "cpython-313t-x86_64-linux-gnu"),
+    (".cpython-311-darwin.so", "cpython-311-darwin"),
+    (".cp312-win_amd64.pyd", "cp312-win_amd64"),
+    (".so", None),
+    ("", None),
+    (None, None),
+    (".has space.so", None),
+])
+def test_abi_tag_from_ext_suffix(suffix, tag):
+    assert abi_from_ext_suffix(suffix) == tag
+
+
+def test_a_bundle_without_an_abi_reads_as_unknown(kernel_cache):
+    """Files written before triton_abi existed have no such key: they read,
+    and a bundle whose ABI is unknown writes exactly such a header."""
+    assert TritonBundle.from_bytes(_craft([_kernel()], [b"ABCD"])).triton_abi is None
+    assert TritonBundle.from_bytes(_craft([_kernel()], [b"ABCD"], {"triton_abi": None})).triton_abi is None
+    unknown = dataclasses.replace(collect_dir(kernel_cache[0]), triton_abi=None)
+    data = unknown.to_bytes()
+    assert "triton_abi" not in _header(data)
+    assert TritonBundle.from_bytes(data) == unknown
+    assert bundle_format.describe(data)["triton_abi"] is None
+
+
+def test_an_unsafe_abi_is_refused_on_save(tmp_path):
+    bad = TritonBundle([], triton_abi="../../x y")
+    with pytest.raises(BundleFormatError, match="triton_abi"):
+        bad.save(tmp_path / "b.prtb")
+    assert not list(tmp_path.iterdir())
 
 
 def test_bytes_are_deterministic_and_digest_is_stable(kernel_cache):
@@ -420,6 +477,9 @@ def test_hostile_kernel_tables_are_refused(kernels, blobs, match, tmp_path):
     ({"targets": ["cuda:80"]}, "differ"),
     ({"triton_version": 3}, "triton_version"),
     ({"surprise": True}, "unexpected keys"),
+    ({"triton_abi": 312}, "triton_abi"),
+    ({"triton_abi": "cpython-312/../x"}, "not an ABI tag"),
+    ({"triton_abi": ""}, "not an ABI tag"),
 ])
 def test_hostile_headers_are_refused(changes, match):
     with pytest.raises(BundleFormatError, match=match):

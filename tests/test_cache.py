@@ -16,8 +16,9 @@ import time
 import pytest
 
 import bundle_kernels
-from pyruntime import cache
-from pyruntime.bundler import TritonBundle, collect_dir, load_bundle
+import pyruntime
+from pyruntime import bundler, cache
+from pyruntime.bundler import TritonBundle, collect_dir, installed_triton_abi, load_bundle
 from pyruntime.errors import BundleCompatibilityError
 from pyruntime.hashing import hash_dir
 
@@ -244,6 +245,96 @@ def test_bad_policy_value(bundle, tmp_path, monkeypatch):
     monkeypatch.setenv("PYRUNTIME_BUNDLE_ON_MISMATCH", "maybe")
     with pytest.raises(ValueError, match="PYRUNTIME_BUNDLE_ON_MISMATCH"):
         bundle.restore(tmp_path)
+
+
+# --------------------------------------------------------------------------
+# a bundle collected under another Python (its Triton wheel, so its cache keys, differ)
+
+OTHER_ABI = "cpython-312-x86_64-linux-gnu" if installed_triton_abi() != "cpython-312-x86_64-linux-gnu" \
+    else "cpython-311-x86_64-linux-gnu"
+
+
+@pytest.fixture
+def foreign_file(kernel_cache, tmp_path, monkeypatch) -> str:
+    """A real bundle file collected while the ABI probe said OTHER_ABI,
+    i.e. as a Python of that ABI would have written it."""
+    with monkeypatch.context() as m:
+        m.setattr(bundler, "installed_triton_abi", lambda: OTHER_ABI)
+        b = collect_dir(kernel_cache[0])
+    assert b.triton_abi == OTHER_ABI
+    path = str(tmp_path / "foreign.prtb")
+    b.save(path)
+    return path
+
+
+def test_other_python_abi_warns_and_skips_by_default(foreign_file, bundle, tmp_path, monkeypatch):
+    monkeypatch.delenv("PYRUNTIME_BUNDLE_ON_MISMATCH", raising=False)
+    foreign = load_bundle(foreign_file)
+    assert foreign.triton_abi == OTHER_ABI
+    root = tmp_path / "cache"
+    with pytest.warns(RuntimeWarning) as caught:
+        result = foreign.restore(root)
+    (w,) = caught
+    text = str(w.message)
+    assert f"{len(bundle)} bundled kernel(s) were collected under Python ABI {OTHER_ABI}" in text
+    assert f"this interpreter is {installed_triton_abi()}" in text
+    assert "depend on the exact Triton wheel, which differs per Python version" in text
+    assert "rebuild the bundle under the target's Python" in text and text.endswith("skipped them")
+    assert result.message == text
+    assert result.restored == [] and sorted(result.incompatible) == sorted(k.kernel_hash for k in bundle.kernel_artifacts)
+    assert all(OTHER_ABI in r for r in result.incompatible.values())
+    assert not root.exists()
+
+
+def test_other_python_abi_with_policy_error_writes_nothing(foreign_file, tmp_path, monkeypatch):
+    foreign = load_bundle(foreign_file)
+    with pytest.raises(BundleCompatibilityError, match=rf"Python ABI {OTHER_ABI}.*rebuild the bundle.*nothing was written"):
+        foreign.restore(tmp_path / "a", on_mismatch="error")
+    assert not (tmp_path / "a").exists()
+    monkeypatch.setenv("PYRUNTIME_BUNDLE_ON_MISMATCH", "error")
+    with pytest.raises(BundleCompatibilityError, match="differs per Python version"):
+        foreign.restore(tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+
+
+def test_other_python_abi_with_policy_force_writes_everything(foreign_file, bundle, tmp_path):
+    foreign = load_bundle(foreign_file)
+    root = tmp_path / "c"
+    result = foreign.restore(root, on_mismatch="force")
+    assert len(result.restored) == len(bundle) and result.incompatible == {} and result.message is None
+    assert _tree(str(root)) == _expected_files(bundle, str(root))
+
+
+def test_a_bundle_without_an_abi_still_restores(bundle, tmp_path):
+    """Bundles written before triton_abi was recorded have no such header
+    key: the ABI is unknown and not checked, even under the error policy."""
+    path = tmp_path / "old.prtb"
+    dataclasses.replace(bundle, triton_abi=None).save(path)
+    header = json.loads(pyruntime.packing.unpack(path.read_bytes())[0][1])
+    assert "triton_abi" not in header
+    old = load_bundle(path)
+    assert old.triton_abi is None
+    root = tmp_path / "cache"
+    result = old.restore(root, on_mismatch="error")
+    assert len(result.restored) == len(bundle) and result.message is None
+    assert _tree(str(root)) == _expected_files(bundle, str(root))
+
+
+def test_same_abi_restores_under_the_error_policy(bundle_file, bundle, tmp_path):
+    b = load_bundle(bundle_file)
+    assert b.triton_abi == installed_triton_abi()
+    assert len(b.restore(tmp_path / "a", on_mismatch="error").restored) == len(bundle)
+
+
+def test_version_and_abi_mismatches_are_both_reported(foreign_file, bundle, tmp_path):
+    foreign = _aged(load_bundle(foreign_file), 1, triton_version="3.1.0")
+    with pytest.warns(RuntimeWarning) as caught:
+        result = foreign.restore(tmp_path / "a")
+    text = str(caught[0].message)
+    first = bundle.kernel_artifacts[0].kernel_hash
+    assert f"{len(bundle) - 1} bundled kernel(s) were collected under Python ABI {OTHER_ABI}" in text
+    assert f"1 bundled kernel(s) do not fit this installation ({first}: built with triton 3.1.0" in text
+    assert result.incompatible[first].startswith("built with triton 3.1.0")
 
 
 # --------------------------------------------------------------------------

@@ -13,7 +13,8 @@ import sys
 import pytest
 
 import bundle_kernels
-from pyruntime.bundler import collect_dir, load_bundle
+from pyruntime import bundler
+from pyruntime.bundler import collect_dir, installed_triton_abi, load_bundle
 from pyruntime.cli import main
 from pyruntime.hashing import hash_dir
 
@@ -85,6 +86,7 @@ def test_inspect_json(bundle_file, capsys):
     assert info["raw_size"] == b.size and info["compression_ratio"] > 2
     assert sorted(n for k in info["kernels"] for n in k["names"]) == sorted(b.kernel_names())
     assert info["targets"] == ["cuda:90"] and info["triton_version"] == "3.9.0"
+    assert info["triton_abi"] == installed_triton_abi()
 
 
 def test_create_selected_kernels(kernel_cache, tmp_path, capsys):
@@ -219,6 +221,53 @@ def test_restore_mismatch_policies(bundle_file, tmp_path, capsys):
     assert main(["bundle", "restore", bundle_file, "--cache-dir", str(tmp_path / "t"), "--target", "cuda:80",
                  "--on-mismatch", "error"]) == 2
     assert "expected cuda:80" in capsys.readouterr().err
+
+
+OTHER_ABI = "cpython-312-x86_64-linux-gnu" if installed_triton_abi() != "cpython-312-x86_64-linux-gnu" \
+    else "cpython-311-x86_64-linux-gnu"
+
+
+def test_python_abi_in_inspect_and_restore(kernel_cache, bundle_file, tmp_path, monkeypatch, capsys):
+    """A bundle created under another Python (ABI probe patched for the
+    create) is shown as such and is a mismatch for restore."""
+    assert main(["bundle", "inspect", bundle_file]) == 0
+    out = capsys.readouterr().out
+    assert f"python abi      {installed_triton_abi()}\n" in out
+
+    path = str(tmp_path / "foreign.prtb")
+    with monkeypatch.context() as m:
+        m.setattr(bundler, "installed_triton_abi", lambda: OTHER_ABI)
+        assert main(["bundle", "create", "--cache-dir", kernel_cache[0], "-o", path]) == 0
+    capsys.readouterr()
+    n = len(load_bundle(path))
+    assert main(["bundle", "inspect", path]) == 0
+    out = capsys.readouterr().out
+    assert f"python abi      {OTHER_ABI} (this interpreter is {installed_triton_abi()}" in out
+    assert "would not use these kernels" in out
+    assert main(["bundle", "inspect", path, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["triton_abi"] == OTHER_ABI
+
+    target = tmp_path / "cache"
+    assert main(["bundle", "restore", path, "--cache-dir", str(target), "--on-mismatch", "error"]) == 2
+    _one_line_error(capsys.readouterr().err, f"Python ABI {OTHER_ABI}", "rebuild the bundle under the target's Python",
+                    "nothing was written")
+    assert not target.exists()
+    assert main(["bundle", "restore", path, "--cache-dir", str(target)]) == 0
+    captured = capsys.readouterr()
+    assert f"restored 0 kernels" in captured.out and f"{n} skipped" in captured.out
+    assert "warning:" in captured.err and "differs per Python version" in captured.err
+    assert not target.exists()
+    assert main(["bundle", "restore", path, "--cache-dir", str(target), "--on-mismatch", "force"]) == 0
+    assert f"restored {n} kernels" in capsys.readouterr().out
+    assert collect_dir(target) == collect_dir(kernel_cache[0])
+
+
+def test_inspect_a_bundle_without_an_abi(bundle_file, tmp_path, capsys):
+    path = str(tmp_path / "old.prtb")
+    dataclasses.replace(load_bundle(bundle_file), triton_abi=None).save(path)
+    assert main(["bundle", "inspect", path]) == 0
+    assert "python abi      unknown (not recorded)" in capsys.readouterr().out
+    assert main(["bundle", "restore", path, "--cache-dir", str(tmp_path / "c"), "--on-mismatch", "error"]) == 0
 
 
 def test_usage_errors_exit_2_without_traceback():
