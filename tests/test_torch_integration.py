@@ -13,6 +13,8 @@ import textwrap
 
 import pytest
 
+from pyruntime.bundler import installed_triton_abi
+
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
 
@@ -189,6 +191,16 @@ class TestOnOurPool:
         keys = run_out_of_process(TJ.compile_kernel, "triton_poi_fused_mul_2", src)
         assert keys == TJ.cache_keys(kernel)
         assert TJ.snapshot(str(fresh)) == before
+        # the recorded bundle carries this Python's ABI; one from another Python is
+        # skipped on Inductor's default restore path too (Triton would miss it)
+        assert bundle.triton_abi == installed_triton_abi()
+        foreign = TritonBundle(bundle.kernel_artifacts, triton_version=bundle.triton_version,
+                               triton_abi="cpython-399-x86_64-linux-gnu")
+        monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "other"))
+        with pytest.warns(RuntimeWarning, match="Python ABI"):
+            skipped = pt.restore_triton_bundle(foreign)
+        assert skipped.restored == [] and not (tmp_path / "other").exists() or \
+            not any((tmp_path / "other").iterdir())
 
     def test_export_whole_cache(self, patched, tmp_path):
         kernel = _compile_via_inductor("triton_poi_fused_mul_3", 9)

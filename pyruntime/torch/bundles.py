@@ -35,6 +35,7 @@ from ..bundler import (
     TritonKernelArtifact,
     TritonKernelArtifacts,
     collect_dir,
+    installed_triton_abi,
     installed_triton_version,
     parse_kernel_metadata,
 )
@@ -99,7 +100,7 @@ def from_inductor_bundle(bundle: Any) -> TritonBundle:
             arts.append(TritonKernelArtifact(a.filename, payload))
         target, version = _meta_of(arts)
         kernels.append(TritonKernelArtifacts(k.kernel_hash, _device_index(k.device), arts, target, version))
-    return TritonBundle(kernels, triton_version=installed_triton_version())
+    return TritonBundle(kernels, triton_version=installed_triton_version(), triton_abi=installed_triton_abi())
 
 
 def to_inductor_bundle(bundle: TritonBundle) -> Any:
@@ -184,7 +185,7 @@ class KernelRecorder:
                 if dev != k.device:
                     k = TritonKernelArtifacts(k.kernel_hash, dev, k.artifacts, k.target, k.triton_version)
                 kernels.append(k)
-        return TritonBundle(kernels, triton_version=installed_triton_version())
+        return TritonBundle(kernels, triton_version=installed_triton_version(), triton_abi=installed_triton_abi())
 
     def save(self, path: str | os.PathLike[str]) -> TritonBundle:
         """Write the recorded kernels to a bundle file; returns the bundle."""
@@ -240,7 +241,7 @@ def restore_triton_bundle(bundle: TritonBundle | str | os.PathLike[str],
         by_dir.setdefault(inductor_triton_cache_dir(k.device), []).append(k)
     for d, kernels in by_dir.items():
         part = TritonBundle(kernels, triton_version=bundle.triton_version,
-                            pyruntime_version=bundle.pyruntime_version)
+                            pyruntime_version=bundle.pyruntime_version, triton_abi=bundle.triton_abi)
         r = part.restore(d, **restore_kwargs)
         if total is None:
             total = r
