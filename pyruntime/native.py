@@ -51,6 +51,9 @@ class CBackend:
     def __init__(self, module: Any) -> None:
         self.ffi = module.ffi
         self.lib = module.lib
+        # Scratch buffers the C side fills completely: zeroing them first would
+        # touch every page of a bound-sized (pack) or total-sized (unpack) buffer.
+        self._scratch = self.ffi.new_allocator(should_clear_after_alloc=False)
         got = self.lib.prt_abi_version()
         if got != ABI_VERSION:
             raise ImportError(
@@ -148,7 +151,7 @@ class CBackend:
         err = ffi.new("prt_err *")
         bound = ffi.new("size_t *")
         self.check(lib.prt_pack_bound(n, name_lens, sizes, bound, err), err, BundleFormatError)
-        out = ffi.new("uint8_t[]", bound[0])
+        out = self._scratch("uint8_t[]", bound[0])
         out_len = ffi.new("size_t *")
         rc = lib.prt_pack(n, names, name_lens, datas, sizes, out, bound[0], out_len, err)
         self.check(rc, err, BundleFormatError)
@@ -165,11 +168,11 @@ class CBackend:
         total = ffi.new("uint64_t *")
         rc = lib.prt_unpack_index(src, len(src), entries, n, max_entry, max_total, total, err)
         self.check(rc, err, BundleFormatError)
-        out = bytearray(total[0])
-        rc = lib.prt_unpack_data(src, len(src), entries, n, ffi.from_buffer(out), len(out), err)
+        out = self._scratch("uint8_t[]", max(total[0], 1))
+        rc = lib.prt_unpack_data(src, len(src), entries, n, out, total[0], err)
         self.check(rc, err, BundleFormatError)
         view = memoryview(data).cast("B")
-        mv = memoryview(out)
+        mv = memoryview(ffi.buffer(out, total[0]))
         result = []
         for i in range(n):
             e = entries[i]

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import functools
 import itertools
 import logging
 import os
@@ -275,7 +276,7 @@ class SubprocPool(Executor):
         """Schedule ``fn(*args, **kwargs)`` in a worker. ``timeout`` (seconds)
         overrides the pool's default per-job timeout. Raises at once if the
         call item cannot be pickled."""
-        name = getattr(fn, "__qualname__", None) or repr(fn)
+        name = _job_name(fn)
         payload = self._pickler.dumps((fn, args, kwargs))
         fut: Future[Any] = Future()
         item = _CallItem(0, payload, fut, name, timeout if timeout is not None else self._default_timeout)
@@ -729,6 +730,13 @@ class SubprocPool(Executor):
                 os.close(fd)
             self._poll.close()
         _live_pools.discard(self)
+
+
+def _job_name(fn: Any) -> str:
+    """The name a job goes by in errors and status(): partials are unwrapped."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return getattr(fn, "__qualname__", None) or repr(fn)
 
 
 class _Ok:

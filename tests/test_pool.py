@@ -314,3 +314,11 @@ def test_quiesce_before_workers_are_up_does_not_strand_queued_jobs():
     assert fut.result(10) == 3
     assert not wait_gone(p.worker_pids, 5.0)  # then the workers did stop
     p.shutdown(wait=True, timeout=10)
+
+
+def test_partial_jobs_are_named_after_their_function(pool):
+    import functools
+
+    with pytest.raises(SubprocException) as info:
+        pool.submit(functools.partial(J.fail, "x")).result(10)
+    assert info.value.job_name == "fail"
