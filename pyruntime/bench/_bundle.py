@@ -36,6 +36,7 @@ from typing import Any
 
 from . import _common as C
 from . import _corpus
+from ._torch_peers import torch_bundler_round_trip
 
 IMPLS = ("pyruntime", "torch")
 MODULES = ("pyruntime.bundler", "pyruntime.cache", "pyruntime.bundle_format")
@@ -67,44 +68,13 @@ def _ours(cache: str, hashes: list[str], path: str, dest: str) -> dict[str, floa
             "size": float(size)}
 
 
-def _torch(cache: str, hashes: list[str], path: str, dest: str) -> dict[str, float]:
-    import pickle
-
-    from torch._inductor import config
-    from torch._inductor.triton_bundler import TritonBundler
-
-    config.bundle_triton_into_fx_graph_cache = True
-    os.environ["TRITON_CACHE_DIR"] = cache
-    t0 = time.perf_counter()
-    TritonBundler.begin_compile()
-    for h in hashes:
-        TritonBundler.put(h, 0)
-    bundle, _meta = TritonBundler.collect()
-    t1 = time.perf_counter()
-    data = pickle.dumps(bundle)
-    with open(path, "wb") as f:
-        f.write(data)
-    t2 = time.perf_counter()
-    with open(path, "rb") as f:
-        loaded = pickle.loads(f.read())
-    t3 = time.perf_counter()
-    os.environ["TRITON_CACHE_DIR"] = dest
-    TritonBundler.read_and_emit(loaded)
-    t4 = time.perf_counter()
-    os.environ["TRITON_CACHE_DIR"] = cache
-    if len(bundle.kernel_artifacts) != len(hashes):
-        raise RuntimeError(f"torch collected {len(bundle.kernel_artifacts)} of {len(hashes)} kernels")
-    return {"collect": t1 - t0, "save": t2 - t1, "load": t3 - t2, "restore": t4 - t3,
-            "size": float(len(data))}
-
-
 def measure(impl: str, cache: str, sets: dict[str, dict[str, Any]], rounds: int,
             round_time: float) -> dict[str, Any]:
     """All rounds for one implementation (runs in a child interpreter).
     ``sets[name]`` = {"hashes": [...], "scratch": dir for bundle + restore}."""
     if impl == "torch":
         import torch._inductor.triton_bundler  # noqa: F401  (import outside the clock)
-        fn = _torch
+        fn = torch_bundler_round_trip
     else:
         import pyruntime.bundler  # noqa: F401
         import pyruntime.cache  # noqa: F401
