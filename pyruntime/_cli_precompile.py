@@ -21,13 +21,13 @@ unknown target, ``local`` on a machine without a GPU).
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
-import tempfile
 import time
 from typing import Any, Sequence
+
+from ._atomic import write_atomic
 
 __all__ = ["register", "run", "format_summary"]
 
@@ -83,34 +83,9 @@ def _load_specs(args: argparse.Namespace) -> list[Any]:
     return list(unique.values())
 
 
-def _bundle_api() -> Any:
-    try:
-        mod = importlib.import_module("pyruntime.bundler")
-    except ModuleNotFoundError as e:
-        if e.name != "pyruntime.bundler":
-            raise
-        mod = None
-    collect = getattr(mod, "collect_dir", None)
-    if collect is None:
-        raise _user_error("--bundle needs pyruntime.bundler.collect_dir, which this installation lacks")
-    return collect
-
-
 def _write_json_atomic(path: str, data: Any) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp.", dir=d)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, default=str)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_atomic(path, (json.dumps(data, indent=2, default=str) + "\n").encode("utf-8"))
 
 
 def _indent(text: str, prefix: str = "    ") -> str:
@@ -184,7 +159,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"{s.label}  {s.target}  {s.fn or f'{s.source}:{s.function}'}")
         print(f"precompile: {len(specs)} kernels would be built into {cache_dir} ({workers} workers)")
         return 0
-    collect = _bundle_api() if args.bundle else None
+    from .bundler import collect_dir
+
+    collect = collect_dir if args.bundle else None
     if not specs:
         raise _user_error(f"{args.kernels_file}: the kernel list is empty")
 

@@ -39,6 +39,7 @@ import os
 from typing import Any
 
 from . import native, packing
+from ._atomic import write_atomic
 from ._version import __version__
 from .bundler import (
     Buffer,
@@ -210,31 +211,9 @@ def save(bundle: TritonBundle, path: str | os.PathLike[str]) -> int:
 
     The bytes go to a temporary file next to ``path`` that is renamed onto
     it, so ``path`` never holds a partial bundle. An existing ``path`` is
-    unlinked just before the rename: renaming over an existing file makes
-    ext4 flush the new file at once (``auto_da_alloc``), which costs more
-    than the whole save."""
+    unlinked just before the rename (see :func:`pyruntime._atomic.write_atomic`)."""
     data = encode(bundle)
-    path = os.fspath(path)
-    tmp = f"{path}.tmp.{os.getpid()}.{os.urandom(4).hex()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        finally:
-            os.close(fd)
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_atomic(path, data, unlink_first=True)
     return len(data)
 
 

@@ -330,35 +330,19 @@ def default_cache_dir() -> str:
 
 
 class _BundlerHook:
-    """Report built kernels to ``pyruntime.bundler.TritonBundler`` when it exists and records."""
+    """Report built kernels to :class:`pyruntime.bundler.TritonBundler` while it records."""
 
     def __init__(self, cache_dir: str) -> None:
-        self.bundler: Any = None
-        self.kwargs: dict[str, Any] = {}
-        try:
-            mod = importlib.import_module("pyruntime.bundler")
-        except ModuleNotFoundError as e:
-            if e.name not in ("pyruntime.bundler",):
-                raise
-            return
-        tb = getattr(mod, "TritonBundler", None)
-        if tb is not None and tb.is_enabled():
-            self.bundler = tb
-            # The bundler reads kernels from its own default cache unless told
-            # which one they were built in.
-            import inspect
+        from .bundler import TritonBundler
 
-            try:
-                if "cache_dir" in inspect.signature(tb.put).parameters:
-                    self.kwargs["cache_dir"] = cache_dir
-            except (TypeError, ValueError):
-                pass
+        self.bundler = TritonBundler if TritonBundler.is_enabled() else None
+        self.cache_dir = cache_dir  # the bundler reads kernels from where they were built
 
     def __call__(self, result: PrecompileResult) -> None:
         if self.bundler is None or result.cache_key is None:
             return
         try:
-            self.bundler.put(result.cache_key, 0, **self.kwargs)
+            self.bundler.put(result.cache_key, 0, cache_dir=self.cache_dir)
         except Exception:  # recording is best effort; the kernel itself built fine
             log.warning("TritonBundler.put failed for %s", result.cache_key, exc_info=True)
 

@@ -86,18 +86,24 @@ def _device_index(device: Any) -> int:
     return int(index) if isinstance(index, int) else 0
 
 
+def _swap_sentinel(artifacts: Iterable[Any], old: bytes, new: bytes, make: Any) -> list[Any]:
+    """Copies of ``artifacts`` (built with ``make(filename, payload)``) whose
+    ``.json`` payloads carry ``new`` in place of the ``old`` directory sentinel."""
+    out = []
+    for a in artifacts:
+        payload = bytes(a.payload)
+        if old != new and a.filename.endswith(".json"):
+            payload = payload.replace(old, new)
+        out.append(make(a.filename, payload))
+    return out
+
+
 def from_inductor_bundle(bundle: Any) -> TritonBundle:
     """A pyruntime :class:`~pyruntime.bundler.TritonBundle` from Inductor's
     ``TritonBundle`` (its static autotuners are dropped: pickles)."""
-    theirs, ours = _torch_sentinel(), REPLACE_SENTINEL
     kernels = []
     for k in bundle.kernel_artifacts:
-        arts = []
-        for a in k.artifacts:
-            payload = bytes(a.payload)
-            if theirs != ours and a.filename.endswith(".json"):
-                payload = payload.replace(theirs, ours)
-            arts.append(TritonKernelArtifact(a.filename, payload))
+        arts = _swap_sentinel(k.artifacts, _torch_sentinel(), REPLACE_SENTINEL, TritonKernelArtifact)
         target, version = _meta_of(arts)
         kernels.append(TritonKernelArtifacts(k.kernel_hash, _device_index(k.device), arts, target, version))
     return TritonBundle(kernels, triton_version=installed_triton_version(), triton_abi=installed_triton_abi())
@@ -106,15 +112,9 @@ def from_inductor_bundle(bundle: Any) -> TritonBundle:
 def to_inductor_bundle(bundle: TritonBundle) -> Any:
     """Inductor's ``TritonBundle`` from a pyruntime bundle (no static
     autotuners), ready for Inductor's ``TritonBundler.read_and_emit``."""
-    theirs, ours = _torch_sentinel(), REPLACE_SENTINEL
     kernels = []
     for k in bundle.kernel_artifacts:
-        arts = []
-        for a in k.artifacts:
-            payload = bytes(a.payload)
-            if theirs != ours and a.filename.endswith(".json"):
-                payload = payload.replace(ours, theirs)
-            arts.append(_tb.TritonKernelArtifact(a.filename, payload))
+        arts = _swap_sentinel(k.artifacts, REPLACE_SENTINEL, _torch_sentinel(), _tb.TritonKernelArtifact)
         kernels.append(_tb.TritonKernelArtifacts(k.kernel_hash, k.device, arts))
     return _tb.TritonBundle(kernels, [])
 
