@@ -22,7 +22,7 @@ from pathlib import Path
 from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
-SOURCES = ["framing.c", "hashing.c", "packing.c", "xxh_avx2.c"]
+SOURCES = ["framing.c", "hashing.c", "packing.c", "kernel_dirs.c", "parallel.c", "xxh_avx2.c"]
 DEPS = {
     # pkg-config name: (header, Debian package, Fedora package)
     "liblz4": ("lz4.h", "liblz4-dev", "lz4-devel"),
@@ -80,8 +80,8 @@ def _cdef_text() -> str:
 
 def _make_builder() -> FFI:
     include_dirs, libraries, extra_link = _find_deps()
-    cflags = ["-O2", "-Wall", "-Wextra", "-Werror", "-std=gnu11", "-fvisibility=hidden"]
-    ldflags = list(extra_link)
+    cflags = ["-O2", "-Wall", "-Wextra", "-Werror", "-std=gnu11", "-fvisibility=hidden", "-pthread"]
+    ldflags = list(extra_link) + ["-pthread"]
     if os.environ.get("PYRUNTIME_SANITIZE") == "1":
         san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all"]
         cflags = [f for f in cflags if f != "-O2"] + ["-O1", "-g"] + san

@@ -80,6 +80,31 @@ static size_t store_entry(const uint8_t *src, size_t len, uint8_t *dst,
     return len;
 }
 
+static uint8_t *put_record(uint8_t *rec, const char *name, size_t name_len, uint8_t method,
+                           uint64_t raw, uint64_t stored, uint64_t checksum)
+{
+    prt_put16(rec, (uint16_t)name_len);
+    rec[2] = method;
+    rec[3] = 0;
+    prt_put64(rec + 4, raw);
+    prt_put64(rec + 12, stored);
+    prt_put64(rec + 20, checksum);
+    memcpy(rec + INDEX_REC, name, name_len);
+    return rec + INDEX_REC + name_len;
+}
+
+/* The header last: it checksums the index written before it. */
+static void put_header(uint8_t *out, size_t n, size_t index_len, size_t data_len)
+{
+    prt_put32(out, PRT_PACK_MAGIC);
+    prt_put16(out + 4, PRT_PACK_VERSION);
+    prt_put16(out + 6, 0);
+    prt_put32(out + 8, (uint32_t)n);
+    prt_put32(out + 12, (uint32_t)index_len);
+    prt_put64(out + 16, data_len);
+    prt_put64(out + 24, prt_xxh3_64(out + PRT_PACK_HEADER_SIZE, index_len));
+}
+
 typedef struct {
     const char *const *names;
     const size_t *lens;
@@ -149,24 +174,110 @@ int prt_pack(size_t n, const char *const *names, const size_t *name_lens,
         uint8_t method = 0;
         size_t stored = store_entry(datas[i], sizes[i], data + data_len,
                                     out_cap - (size_t)(data - out) - data_len, &method);
-        prt_put16(rec, (uint16_t)name_lens[i]);
-        rec[2] = method;
-        rec[3] = 0;
-        prt_put64(rec + 4, sizes[i]);
-        prt_put64(rec + 12, stored);
-        prt_put64(rec + 20, prt_xxh3_64(datas[i], sizes[i]));
-        memcpy(rec + INDEX_REC, names[i], name_lens[i]);
-        rec += INDEX_REC + name_lens[i];
+        rec = put_record(rec, names[i], name_lens[i], method, sizes[i], stored,
+                         prt_xxh3_64(datas[i], sizes[i]));
         data_len += stored;
     }
-    prt_put32(out, PRT_PACK_MAGIC);
-    prt_put16(out + 4, PRT_PACK_VERSION);
-    prt_put16(out + 6, 0);
-    prt_put32(out + 8, (uint32_t)n);
-    prt_put32(out + 12, (uint32_t)index_len);
-    prt_put64(out + 16, data_len);
-    prt_put64(out + 24, prt_xxh3_64(out + PRT_PACK_HEADER_SIZE, index_len));
+    put_header(out, n, index_len, data_len);
     *out_len = PRT_PACK_HEADER_SIZE + index_len + data_len;
+    return 0;
+}
+
+int prt_entry_bound(size_t len, size_t *out_bound, prt_err *err)
+{
+    if (len > (size_t)LZ4_MAX_INPUT_SIZE)
+        return prt_fail(err, PRT_E_TOO_LARGE, "%zu bytes is over the %d-byte LZ4 block limit",
+                        len, LZ4_MAX_INPUT_SIZE);
+    *out_bound = (size_t)LZ4_compressBound((int)len);
+    return 0;
+}
+
+int prt_pack_entry(const uint8_t *src, size_t len, uint8_t *dst, size_t cap,
+                   uint8_t *method, size_t *stored, uint64_t *checksum,
+                   char *hex128, prt_err *err)
+{
+    size_t bound = 0;
+    int rc = prt_entry_bound(len, &bound, err);
+    if (rc != 0)
+        return rc;
+    if (cap < bound)
+        return prt_fail(err, -ENOBUFS, "output buffer smaller than the bound");
+    *stored = store_entry(src, len, dst, cap, method);
+    *checksum = prt_xxh3_64(src, len);
+    if (hex128 != NULL)
+        prt_hash_bytes(src, len, hex128);
+    return 0;
+}
+
+/* What parse_record accepts of a method and its sizes: pack_stored must not
+ * write what unpack refuses. */
+static int check_stored(size_t i, uint8_t method, uint64_t raw, uint64_t stored, prt_err *err)
+{
+    if (method > 1)
+        return prt_fail(err, PRT_E_FORMAT, "entry %zu: unknown method %u", i, method);
+    if (method == 0 && stored != raw)
+        return prt_fail(err, PRT_E_FORMAT, "entry %zu: stored size differs from raw size", i);
+    if (method == 1 && (stored == 0 || stored >= raw || raw / LZ4_MAX_RATIO > stored))
+        return prt_fail(err, PRT_E_FORMAT, "entry %zu: impossible LZ4 sizes (%llu -> %llu)", i,
+                        (unsigned long long)stored, (unsigned long long)raw);
+    if (raw > (uint64_t)LZ4_MAX_INPUT_SIZE)
+        return prt_fail(err, PRT_E_TOO_LARGE, "entry %zu: %llu bytes is over the %d-byte LZ4 block limit",
+                        i, (unsigned long long)raw, LZ4_MAX_INPUT_SIZE);
+    return 0;
+}
+
+int prt_pack_stored_len(size_t n, const size_t *name_lens, const size_t *stored_sizes,
+                        size_t *out_len, prt_err *err)
+{
+    uint64_t total = PRT_PACK_HEADER_SIZE;
+    for (size_t i = 0; i < n; i++) {
+        total += INDEX_REC + name_lens[i];
+        total += stored_sizes[i];
+    }
+    if (n > UINT32_MAX || total > (uint64_t)SIZE_MAX)
+        return prt_fail(err, PRT_E_TOO_LARGE, "too many or too large entries");
+    *out_len = (size_t)total;
+    return 0;
+}
+
+int prt_pack_stored(size_t n, const char *const *names, const size_t *name_lens,
+                    const uint8_t *methods, const uint64_t *raw_sizes,
+                    const uint64_t *checksums, const uint8_t *const *stored,
+                    const size_t *stored_sizes, uint8_t *out, size_t out_cap,
+                    size_t *out_len, prt_err *err)
+{
+    size_t need = 0;
+    int rc = prt_pack_stored_len(n, name_lens, stored_sizes, &need, err);
+    if (rc != 0)
+        return rc;
+    if (out_cap < need)
+        return prt_fail(err, -ENOBUFS, "output buffer smaller than the packed length");
+    size_t index_len = 0;
+    for (size_t i = 0; i < n; i++) {
+        rc = check_name((const uint8_t *)names[i], name_lens[i], i, err);
+        if (rc == 0)
+            rc = check_stored(i, methods[i], raw_sizes[i], stored_sizes[i], err);
+        if (rc != 0)
+            return rc;
+        index_len += INDEX_REC + name_lens[i];
+    }
+    if (index_len > UINT32_MAX)
+        return prt_fail(err, PRT_E_TOO_LARGE, "index over 4 GiB");
+    rc = check_pack_duplicates(n, names, name_lens, err);
+    if (rc != 0)
+        return rc;
+    uint8_t *rec = out + PRT_PACK_HEADER_SIZE;
+    uint8_t *data = rec + index_len;
+    size_t data_len = 0;
+    for (size_t i = 0; i < n; i++) {
+        rec = put_record(rec, names[i], name_lens[i], methods[i], raw_sizes[i],
+                         stored_sizes[i], checksums[i]);
+        if (stored_sizes[i] > 0)
+            memcpy(data + data_len, stored[i], stored_sizes[i]);
+        data_len += stored_sizes[i];
+    }
+    put_header(out, n, index_len, data_len);
+    *out_len = need;
     return 0;
 }
 
@@ -316,27 +427,63 @@ int prt_unpack_index(const uint8_t *data, size_t len, prt_entry *entries,
     return rc;
 }
 
+/* One entry: decompress (or copy), then check its checksum; optionally its
+ * XXH3-128 hex digest too, while the bytes are still in cache. */
+static int unpack_one(const uint8_t *data, size_t len, const prt_entry *e, uint32_t i,
+                      uint8_t *out, size_t out_len, char *hex128, prt_err *err)
+{
+    if (e->data_off + e->comp_size > len || e->out_off + e->raw_size > out_len)
+        return prt_fail(err, -EINVAL, "entry %u outside the buffers", i);
+    const uint8_t *src = data + e->data_off;
+    uint8_t *dst = out + e->out_off;
+    if (e->method == 0) {
+        memcpy(dst, src, e->raw_size);
+    } else {
+        int n = LZ4_decompress_safe((const char *)src, (char *)dst,
+                                    (int)e->comp_size, (int)e->raw_size);
+        if (n < 0 || (uint64_t)n != e->raw_size)
+            return prt_fail(err, PRT_E_FORMAT, "entry '%.*s%s': corrupt LZ4 block",
+                            SHOW_NAME(e->name_len, data + e->name_off));
+    }
+    if (prt_xxh3_64(dst, e->raw_size) != e->checksum)
+        return prt_fail(err, PRT_E_CHECKSUM, "entry '%.*s%s': checksum mismatch",
+                        SHOW_NAME(e->name_len, data + e->name_off));
+    if (hex128 != NULL)
+        prt_hash_bytes(dst, e->raw_size, hex128);
+    return 0;
+}
+
 int prt_unpack_data(const uint8_t *data, size_t len, const prt_entry *entries,
                     uint32_t count, uint8_t *out, size_t out_len, prt_err *err)
 {
     for (uint32_t i = 0; i < count; i++) {
-        const prt_entry *e = &entries[i];
-        if (e->data_off + e->comp_size > len || e->out_off + e->raw_size > out_len)
-            return prt_fail(err, -EINVAL, "entry %u outside the buffers", i);
-        const uint8_t *src = data + e->data_off;
-        uint8_t *dst = out + e->out_off;
-        if (e->method == 0) {
-            memcpy(dst, src, e->raw_size);
-        } else {
-            int n = LZ4_decompress_safe((const char *)src, (char *)dst,
-                                        (int)e->comp_size, (int)e->raw_size);
-            if (n < 0 || (uint64_t)n != e->raw_size)
-                return prt_fail(err, PRT_E_FORMAT, "entry '%.*s%s': corrupt LZ4 block",
-                                SHOW_NAME(e->name_len, data + e->name_off));
-        }
-        if (prt_xxh3_64(dst, e->raw_size) != e->checksum)
-            return prt_fail(err, PRT_E_CHECKSUM, "entry '%.*s%s': checksum mismatch",
-                            SHOW_NAME(e->name_len, data + e->name_off));
+        int rc = unpack_one(data, len, &entries[i], i, out, out_len, NULL, err);
+        if (rc != 0)
+            return rc;
     }
     return 0;
+}
+
+typedef struct {
+    const uint8_t *data;
+    size_t len;
+    const prt_entry *entries;
+    uint8_t *out;
+    size_t out_len;
+    char *hex128s;
+} unpack_ctx;
+
+static int unpack_item(void *arg, size_t i, prt_err *err)
+{
+    const unpack_ctx *c = arg;
+    char *hex = c->hex128s != NULL ? c->hex128s + i * PRT_HEX128_LEN : NULL;
+    return unpack_one(c->data, c->len, &c->entries[i], (uint32_t)i, c->out, c->out_len, hex, err);
+}
+
+int prt_unpack_data_par(const uint8_t *data, size_t len, const prt_entry *entries,
+                        uint32_t count, uint8_t *out, size_t out_len,
+                        unsigned nthreads, char *hex128s, prt_err *err)
+{
+    unpack_ctx c = {data, len, entries, out, out_len, hex128s};
+    return prt_parallel_for(count, nthreads, unpack_item, &c, err);
 }

@@ -3,7 +3,7 @@
  * Every int-returning function follows one contract: 0 on success, or a
  * negative value that is either -errno or one of the PRT_E_* statuses. */
 
-#define PRT_ABI_VERSION 1
+#define PRT_ABI_VERSION 2
 #define PRT_FRAME_HEADER_SIZE 32
 #define PRT_PACK_HEADER_SIZE 32
 #define PRT_HEX128_LEN 33
@@ -20,6 +20,7 @@
 #define PRT_E_NAME -5008
 #define PRT_E_DUPLICATE -5009
 #define PRT_E_FILETYPE -5010
+#define PRT_E_CHANGED -5011
 
 typedef struct {
     int code;
@@ -73,3 +74,40 @@ int prt_unpack_index(const uint8_t *data, size_t len, prt_entry *entries,
                      uint64_t *total_raw, prt_err *err);
 int prt_unpack_data(const uint8_t *data, size_t len, const prt_entry *entries,
                     uint32_t count, uint8_t *out, size_t out_len, prt_err *err);
+/* prt_unpack_data over up to nthreads threads; hex128s, when not NULL,
+ * receives each entry's XXH3-128 hex digest (count * PRT_HEX128_LEN chars). */
+int prt_unpack_data_par(const uint8_t *data, size_t len, const prt_entry *entries,
+                        uint32_t count, uint8_t *out, size_t out_len,
+                        unsigned nthreads, char *hex128s, prt_err *err);
+/* One entry packed on its own (what prt_pack does per entry), for callers
+ * that assemble a container later from entries packed ahead of time. */
+int prt_entry_bound(size_t len, size_t *out_bound, prt_err *err);
+int prt_pack_entry(const uint8_t *src, size_t len, uint8_t *dst, size_t cap,
+                   uint8_t *method, size_t *stored, uint64_t *checksum,
+                   char *hex128, prt_err *err);
+int prt_pack_stored_len(size_t n, const size_t *name_lens, const size_t *stored_sizes,
+                        size_t *out_len, prt_err *err);
+int prt_pack_stored(size_t n, const char *const *names, const size_t *name_lens,
+                    const uint8_t *methods, const uint64_t *raw_sizes,
+                    const uint64_t *checksums, const uint8_t *const *stored,
+                    const size_t *stored_sizes, uint8_t *out, size_t out_cap,
+                    size_t *out_len, prt_err *err);
+
+/* kernel_dirs.c */
+typedef struct {
+    const char *tmp_name;        /* created under the root, filled, renamed */
+    const char *final_name;
+    uint32_t nfiles;
+    const char *const *names;    /* plain file names */
+    const uint8_t *const *datas;
+    const size_t *sizes;
+    int renamed;                 /* out: 1 renamed into place, 0 another restorer
+                                    was first, -1 not attempted */
+} prt_kernel_job;
+
+int prt_write_kernels(const char *root, prt_kernel_job *jobs, size_t njobs,
+                      unsigned nthreads, int do_fsync, prt_err *err);
+/* names[i] NULL: slot i is left to the caller. */
+int prt_read_files(const char *dir, uint32_t n, const char *const *names,
+                   const uint64_t *offsets, const uint64_t *sizes,
+                   uint8_t *out, size_t out_len, prt_err *err);

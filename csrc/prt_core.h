@@ -16,6 +16,12 @@
 int prt_fail(prt_err *err, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* parallel.c: run fn(ctx, i, err) for every i < n on up to nthreads threads
+ * (the caller's included). After a failure no new item starts; the return
+ * code and err are those of the lowest failing item. */
+typedef int (*prt_item_fn)(void *ctx, size_t i, prt_err *err);
+int prt_parallel_for(size_t n, unsigned nthreads, prt_item_fn fn, void *ctx, prt_err *err);
+
 static inline void prt_put16(uint8_t *p, uint16_t v)
 {
     p[0] = (uint8_t)v;

@@ -7,10 +7,11 @@ The formats are written down in docs/FORMAT.md and in the C sources.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import struct
-from typing import Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import lz4.block
 import xxhash
@@ -31,6 +32,27 @@ IO_CHUNK = 1 << 20
 EAGER_PAYLOAD = 16 << 20  # frame payloads up to this are allocated before reading
 
 _xxh3_64 = xxhash.xxh3_64_intdigest
+
+
+class PackedEntry(NamedTuple):
+    """One pack entry prepared ahead of its container (see
+    :func:`pack_entry`): how it is stored, its sizes, the XXH3-64 the index
+    records and the XXH3-128 hex digest of its raw bytes."""
+
+    method: int  # 0 stored, 1 LZ4 block
+    raw_size: int
+    checksum: int
+    stored: bytes | bytearray | memoryview
+    digest: str
+
+
+class FileChanged(RuntimeError):
+    """A file's size differs from the one its listing gave (it is being
+    written); the caller reads that directory again."""
+
+
+#: (tmp directory name, final name, [(file name, data), ...]) of one kernel
+KernelJob = tuple[str, str, Sequence[tuple[str, bytes | bytearray | memoryview]]]
 
 
 def _flat(data: bytes | bytearray | memoryview) -> memoryview:
@@ -311,3 +333,162 @@ def unpack(data: bytes | bytearray | memoryview, max_entry: int, max_total: int)
             raise BundleFormatError(f"entry '{_shown(name)}': checksum mismatch")
         out.append((name, content))
     return out
+
+
+# --------------------------------------------------------------------------
+# entries packed ahead of their container, and unpacking into views
+
+
+def pack_entry(data: bytes | bytearray | memoryview) -> PackedEntry:
+    view = _flat(data)
+    if len(view) > LZ4_MAX_INPUT:
+        raise BundleFormatError(f"{len(view)} bytes is over the {LZ4_MAX_INPUT}-byte LZ4 block limit")
+    method, stored = 0, view
+    if len(view):
+        c = lz4.block.compress(view, mode="default", store_size=False)
+        if len(c) < len(view):
+            method, stored = 1, c
+    return PackedEntry(method, len(view), _xxh3_64(view), stored, hash_bytes(view))
+
+
+def _check_stored(i: int, e: PackedEntry) -> None:
+    # what unpack accepts, in packing.c's order
+    if e.method > 1:
+        raise BundleFormatError(f"entry {i}: unknown method {e.method}")
+    if e.method == 0 and len(e.stored) != e.raw_size:
+        raise BundleFormatError(f"entry {i}: stored size differs from raw size")
+    stored = len(e.stored)
+    if e.method == 1 and (stored == 0 or stored >= e.raw_size or e.raw_size // LZ4_MAX_RATIO > stored):
+        raise BundleFormatError(f"entry {i}: impossible LZ4 sizes ({stored} -> {e.raw_size})")
+    if e.raw_size > LZ4_MAX_INPUT:
+        raise BundleFormatError(f"entry {i}: {e.raw_size} bytes is over the {LZ4_MAX_INPUT}-byte LZ4 block limit")
+
+
+def pack_stored(items: Sequence[tuple[bytes, PackedEntry]]) -> bytes:
+    for i, (name, e) in enumerate(items):
+        check_name(name, i)
+        _check_stored(i, e)
+    ordered = sorted(name for name, _ in items)
+    for a, b in zip(ordered, ordered[1:]):
+        if a == b:
+            raise BundleFormatError(f"duplicate entry name '{_shown(a)}'")
+    index = bytearray()
+    data_len = 0
+    for name, e in items:
+        index += INDEX_REC.pack(len(name), e.method, 0, e.raw_size, len(e.stored), e.checksum) + name
+        data_len += len(e.stored)
+    header = PACK_HEADER.pack(PACK_MAGIC, PACK_VERSION, 0, len(items), len(index), data_len, _xxh3_64(bytes(index)))
+    return b"".join([header, index, *(e.stored for _, e in items)])
+
+
+def unpack_views(
+    data: bytes | bytearray | memoryview, max_entry: int, max_total: int, nthreads: int
+) -> tuple[list[bytes], list[memoryview], list[str]]:
+    """:func:`unpack` as names, read-only views and XXH3-128 hex digests
+    (``nthreads`` is the C side's; the twin runs in one thread)."""
+    del nthreads
+    entries = unpack(data, max_entry, max_total)
+    return ([n for n, _ in entries], [memoryview(c).toreadonly() for _, c in entries],
+            [hash_bytes(c) for _, c in entries])
+
+
+# --------------------------------------------------------------------------
+# kernel directories (csrc/kernel_dirs.c)
+
+
+def read_files(directory: str, names: Sequence[str | None], offsets: Sequence[int], sizes: Sequence[int],
+               out: bytearray) -> None:
+    """Read each named file, exactly ``sizes[i]`` bytes, into
+    ``out[offsets[i]:]``; a ``None`` name is a slot the caller fills.
+    Raises :class:`FileChanged` when a file is shorter or longer."""
+    view = memoryview(out)
+    probe = bytearray(1)  # a byte past the expected end: detects a file that grew
+    for name, off, size in zip(names, offsets, sizes):
+        if name is None:
+            continue
+        path = f"{directory}/{name}"
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:
+            slot = view[off:off + size]
+            got = 0
+            while True:
+                n = os.readv(fd, [slot[got:], probe])
+                if n == 0:
+                    break
+                got += n
+                if got > size:
+                    break
+        finally:
+            os.close(fd)
+        if got != size:
+            raise FileChanged(f"{path} changed size while it was read")
+
+
+_OPEN_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+_LOST_RACE = frozenset({errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR})
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def _remove_tmp(tmp: str, created: list[str]) -> None:
+    for name in created:
+        try:
+            os.unlink(f"{tmp}/{name}")
+        except OSError:
+            pass
+    try:
+        os.rmdir(tmp)
+    except OSError:
+        pass  # litter for the next restore or `cache clean`
+
+
+def _write_kernel(root: str, job: KernelJob, do_fsync: bool, after_file: Callable[[str, str], None] | None) -> bool:
+    tmp_name, final_name, files = job
+    tmp = f"{root}/{tmp_name}"
+    os.mkdir(tmp)
+    created: list[str] = []
+    try:
+        for name, data in files:
+            fd = os.open(f"{tmp}/{name}", _OPEN_NEW, 0o666)
+            created.append(name)
+            try:
+                _write_all(fd, memoryview(data).cast("B"))
+                if do_fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            if after_file is not None:
+                after_file(final_name, name)
+        if do_fsync:
+            dfd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        try:
+            os.rename(tmp, f"{root}/{final_name}")
+            return True
+        except OSError as e:
+            if e.errno not in _LOST_RACE:
+                raise
+        _remove_tmp(tmp, created)  # another restorer put this kernel in place first
+        return False
+    except BaseException:
+        _remove_tmp(tmp, created)
+        raise
+
+
+def write_kernels(root: str, jobs: Sequence[KernelJob], nthreads: int, do_fsync: bool,
+                  after_file: Callable[[str, str], None] | None = None) -> list[int]:
+    """Write each kernel into ``root/<tmp name>`` and rename it onto its final
+    name; returns per kernel 1 (renamed) or 0 (a non-empty directory was
+    there first: the copy is removed). Stops at the first error, which is
+    raised. ``after_file(final name, file name)`` is a test hook the C side
+    does not have."""
+    del nthreads
+    if not os.path.isdir(root):
+        os.open(root, os.O_RDONLY | os.O_DIRECTORY)  # raises the errno C reports
+    return [int(_write_kernel(root, job, do_fsync, after_file)) for job in jobs]

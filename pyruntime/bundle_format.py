@@ -13,16 +13,22 @@ XXH3 checksums, plain entry names) holding, in this order,
   files written before it existed still read (format version stays 1);
 * ``kernels.json``: the kernel table; each kernel's hash, device, target and
   Triton version, and each of its files as ``[name, blob, offset, size]``;
-* ``blob.0``, ``blob.1``, ...: the kernel files back to back.
+* ``blob.0``, ``blob.1``, ...: one per kernel, in kernel-table order, its
+  files back to back.
 
-Why blobs instead of one pack entry per file: LZ4 compresses each entry on
-its own, and a Triton kernel's files are small and resemble the same file
-of the next kernel. Files are laid out grouped by extension (every ``.json``
-together, then every ``.source``, ``.ttir``, ...), so LZ4's 64 KiB window
-sees the repetition between kernels; on a cache of small kernels this halves
-the file compared with one entry per file, and it packs and unpacks faster
-(one block, one checksum). A blob is closed at 64 MiB so no entry nears the
-container's per-entry limit.
+Why one blob per kernel instead of one pack entry per file: LZ4 compresses
+each entry on its own, and a Triton kernel's files are small and resemble
+each other (the ``.ttir``, ``.ttgir``, ``.llir`` and ``.ptx`` of one kernel
+share names and constants), so one block per kernel compresses better and
+packs and unpacks faster (one block, one checksum per kernel). One blob per
+kernel (rather than one for the whole bundle) lets a kernel be packed as
+soon as it is compiled (:meth:`pyruntime.bundler.TritonBundler.put`), so
+a collect at the end of a compile only assembles blocks, and lets blobs be
+unpacked on several threads. Within a blob, files are laid out by extension
+(``.json``, ``.source``, ``.ttir``, ``.ttgir``, ``.llir``, ``.ptx``, binaries,
+then the rest). Readers do not depend on this layout: any table whose file
+ranges tile the blobs exactly reads the same (files written by pyruntime
+0.1.0 group the files of all kernels by extension).
 
 Reading verifies everything before it returns: the container's checksums,
 the entry names, the header, the content digest (which covers the kernel
@@ -38,8 +44,10 @@ import json
 import os
 from typing import Any
 
+from . import config as _env
 from . import native, packing
 from ._atomic import write_atomic
+from ._twin import PackedEntry
 from ._version import __version__
 from .bundler import (
     Buffer,
@@ -60,7 +68,6 @@ FORMAT_VERSION = 1
 HEADER_NAME = "header.json"
 KERNELS_NAME = "kernels.json"
 BLOB_PREFIX = "blob."
-BLOB_LIMIT = 64 << 20  # close a blob past this many bytes
 MAX_JSON = 256 << 20
 
 _HEADER_KEYS = frozenset(
@@ -77,83 +84,65 @@ _EXT_ORDER = {e: i for i, e in enumerate(
 )}
 
 
-def content_digest(kernels_json: Buffer, blobs: list[Buffer]) -> str:
+def digest_of(kernels_json: Buffer, blob_digests: list[str]) -> str:
     """XXH3-128 (hex) of ``"pyruntime-triton-bundle/1\\n"``, the
     ``kernels.json`` bytes, ``"\\n"`` and the XXH3-128 hex digest of each
     blob in order: it covers every byte of the bundle and where it belongs."""
-    blob_digests = "".join(hash_bytes(b) for b in blobs).encode("ascii")
-    return hash_bytes(b"".join((_DIGEST_DOMAIN, bytes(kernels_json), b"\n", blob_digests)))
+    return hash_bytes(b"".join((_DIGEST_DOMAIN, bytes(kernels_json), b"\n", "".join(blob_digests).encode("ascii"))))
+
+
+def content_digest(kernels_json: Buffer, blobs: list[Buffer]) -> str:
+    """:func:`digest_of` with the blobs' digests computed here."""
+    return digest_of(kernels_json, [hash_bytes(b) for b in blobs])
 
 
 # --------------------------------------------------------------------------
 # writing
 
 
-def plan_layout(files: list[list[tuple[str, int]]]) -> tuple[list[list[tuple[int, int]]], list[int]]:
-    """Where each file goes: ``files[k]`` lists ``(name, size)`` of kernel
-    ``k``; returns ``places[k][i] = (blob, offset)`` and the blob sizes.
-
-    Files are grouped by extension (:data:`_EXT_ORDER`, then others sorted),
-    in kernel order within an extension; a blob is closed before a file
-    would take it past :data:`BLOB_LIMIT`."""
-    rank_of = _EXT_ORDER
-    last = len(rank_of)
+def kernel_layout(files: list[tuple[str, int]]) -> tuple[list[int], int]:
+    """Where each file of one kernel goes in its blob: ``files`` lists
+    ``(name, size)``; returns each file's offset and the blob size. Files are
+    ordered by extension (:data:`_EXT_ORDER`, then others sorted), ties in
+    the given order."""
+    last = len(_EXT_ORDER)
     order = []
-    for ki, kfiles in enumerate(files):
-        for fi, (name, size) in enumerate(kfiles):
-            ext = os.path.splitext(name)[1]
-            order.append((rank_of.get(ext, last), ext, ki, fi, size))
+    for i, (name, _size) in enumerate(files):
+        ext = os.path.splitext(name)[1]
+        order.append((_EXT_ORDER.get(ext, last), ext, i))
     order.sort()
-    places: list[list[tuple[int, int]]] = [[(0, 0)] * len(kfiles) for kfiles in files]
-    sizes: list[int] = []
+    offsets = [0] * len(files)
     used = 0
-    for _, _, ki, fi, size in order:
-        if not sizes or (used and used + size > BLOB_LIMIT):
-            if sizes:
-                sizes[-1] = used
-            sizes.append(0)
-            used = 0
-        places[ki][fi] = (len(sizes) - 1, used)
-        used += size
-    if sizes:
-        sizes[-1] = used
-    return places, sizes
+    for _, _, i in order:
+        offsets[i] = used
+        used += files[i][1]
+    return offsets, used
 
 
-def _layout(bundle: TritonBundle) -> tuple[list[dict[str, Any]], list[Buffer]]:
-    """The kernel table and the blobs.
+def pack_kernel(kernel: TritonKernelArtifacts) -> tuple[list[int], PackedEntry]:
+    """A kernel's blob, packed: the file offsets (in artifact order) and the
+    pack entry."""
+    arts = kernel.artifacts
+    offsets, size = kernel_layout([(a.filename, len(a.payload)) for a in arts])
+    blob = bytearray(size)
+    for off, a in zip(offsets, arts):
+        blob[off:off + len(a.payload)] = a.payload
+    return offsets, native.backend.pack_entry(blob)
 
-    A bundle fresh from a collect already holds its files in blobs laid out
-    this way (:func:`pyruntime.bundler.collect_dir` reads them straight into
-    place), and those are used as they are, provided every artifact still
-    holds the very payload object it was read into."""
+
+def _packed_blobs(bundle: TritonBundle) -> tuple[list[list[int]], list[PackedEntry]]:
+    """Each kernel's file offsets and packed blob. A bundle fresh from a
+    collect carries them (its kernels were packed as they were read), and
+    they are used as they are, provided every artifact still holds the very
+    payload object it was read into; otherwise the blobs are packed here."""
     kernels = bundle.kernel_artifacts
-    pre = bundle._prelaid
-    flat = [a.payload for k in kernels for a in k.artifacts]
-    if pre is not None and len(pre[0]) == len(flat) and all(x is y for x, y in zip(pre[0], flat)):
-        places, blobs = pre[1], pre[2]
-    else:
-        places, sizes = plan_layout([[(a.filename, len(a.payload)) for a in k.artifacts] for k in kernels])
-        parts: list[list[tuple[int, Buffer]]] = [[] for _ in sizes]
-        for ki, k in enumerate(kernels):
-            for fi, a in enumerate(k.artifacts):
-                blob, off = places[ki][fi]
-                parts[blob].append((off, a.payload))
-        blobs = []
-        for p in parts:
-            p.sort(key=lambda t: t[0])
-            blobs.append(b"".join(payload for _, payload in p))
-    table = []
-    for ki, k in enumerate(kernels):
-        kp = places[ki]
-        table.append({
-            "hash": k.kernel_hash,
-            "device": k.device,
-            "target": k.target,
-            "triton_version": k.triton_version,
-            "files": [[a.filename, kp[fi][0], kp[fi][1], len(a.payload)] for fi, a in enumerate(k.artifacts)],
-        })
-    return table, blobs
+    pre = bundle._packed
+    if pre is not None:
+        flat = [a.payload for k in kernels for a in k.artifacts]
+        if len(pre[0]) == len(flat) and all(x is y for x, y in zip(pre[0], flat)):
+            return pre[1], pre[2]
+    done = [pack_kernel(k) for k in kernels]
+    return [d[0] for d in done], [d[1] for d in done]
 
 
 def check_bundle(bundle: TritonBundle) -> None:
@@ -186,7 +175,16 @@ def _json_bytes(obj: Any) -> bytes:
 def encode(bundle: TritonBundle) -> bytes:
     """The bundle file's bytes."""
     check_bundle(bundle)
-    table, blobs = _layout(bundle)
+    offsets, blobs = _packed_blobs(bundle)
+    table = []
+    for ki, (k, offs) in enumerate(zip(bundle.kernel_artifacts, offsets)):
+        table.append({
+            "hash": k.kernel_hash,
+            "device": k.device,
+            "target": k.target,
+            "triton_version": k.triton_version,
+            "files": [[a.filename, ki, off, len(a.payload)] for a, off in zip(k.artifacts, offs)],
+        })
     kernels_json = _json_bytes(table)
     header = {
         "format": FORMAT_NAME,
@@ -194,16 +192,20 @@ def encode(bundle: TritonBundle) -> bytes:
         "pyruntime_version": __version__,
         "triton_version": bundle.triton_version,
         "targets": bundle.targets,
-        "content_digest": content_digest(kernels_json, blobs),
-        "blobs": [len(b) for b in blobs],
+        "content_digest": digest_of(kernels_json, [b.digest for b in blobs]),
+        "blobs": [b.raw_size for b in blobs],
     }
     if bundle.triton_abi is not None:
         # omitted when unknown, so such a file is byte for byte what older
         # pyruntime versions wrote and read
         header["triton_abi"] = bundle.triton_abi
-    entries: list[tuple[str, Buffer]] = [(HEADER_NAME, _json_bytes(header)), (KERNELS_NAME, kernels_json)]
-    entries += [(f"{BLOB_PREFIX}{i}", b) for i, b in enumerate(blobs)]
-    return packing.pack(entries)
+    pack_entry = native.backend.pack_entry
+    entries: list[tuple[bytes, PackedEntry]] = [
+        (HEADER_NAME.encode(), pack_entry(_json_bytes(header))),
+        (KERNELS_NAME.encode(), pack_entry(kernels_json)),
+    ]
+    entries += [(f"{BLOB_PREFIX}{i}".encode(), b) for i, b in enumerate(blobs)]
+    return native.backend.pack_stored(entries)
 
 
 def save(bundle: TritonBundle, path: str | os.PathLike[str]) -> int:
@@ -317,46 +319,27 @@ def parse_kernels(raw: Buffer) -> list[dict[str, Any]]:
     return kernels
 
 
-def _unpack(data: Buffer) -> list[tuple[str, memoryview]]:
-    """:func:`pyruntime.packing.unpack` with the same checks, but the
-    entries are views into one buffer: for the C backend this skips a copy
-    of every entry (and its page faults), which is a large share of a load."""
-    backend = native.backend
-    lib = getattr(backend, "lib", None)
-    if lib is None or not hasattr(lib, "prt_unpack_data"):
-        return [(n, memoryview(c)) for n, c in packing.unpack(data)]
-    ffi = backend.ffi
-    src = ffi.from_buffer(data)
-    err = ffi.new("prt_err *")
-    count = ffi.new("uint32_t *")
-    backend.check(lib.prt_unpack_count(src, len(src), count, err), err, BundleFormatError)
-    n = count[0]
-    entries = ffi.new("prt_entry[]", max(n, 1))
-    total = ffi.new("uint64_t *")
-    rc = lib.prt_unpack_index(src, len(src), entries, n, packing.DEFAULT_MAX_ENTRY,
-                              packing.DEFAULT_MAX_TOTAL, total, err)
-    backend.check(rc, err, BundleFormatError)
-    out = bytearray(total[0])
-    rc = lib.prt_unpack_data(src, len(src), entries, n, ffi.from_buffer(out), len(out), err)
-    backend.check(rc, err, BundleFormatError)
-    raw = memoryview(data).cast("B")
-    mv = memoryview(out).toreadonly()
-    result = []
-    for i in range(n):
-        e = entries[i]
+def _unpack(data: Buffer) -> tuple[list[tuple[str, memoryview]], list[str]]:
+    """:func:`pyruntime.packing.unpack` with the same checks, on
+    ``PYRUNTIME_IO_THREADS`` threads, giving read-only views into one buffer
+    (no copy per entry) and each entry's XXH3-128 digest (computed while
+    the entry is still in cache)."""
+    names, views, digests = native.backend.unpack_views(
+        data, packing.DEFAULT_MAX_ENTRY, packing.DEFAULT_MAX_TOTAL, _env.io_threads())
+    entries = []
+    for i, (raw, view) in enumerate(zip(names, views)):
         try:
-            name = bytes(raw[e.name_off:e.name_off + e.name_len]).decode("utf-8")
+            entries.append((raw.decode("utf-8"), view))
         except UnicodeDecodeError:
             raise BundleFormatError(f"entry {i}: name is not valid UTF-8") from None
-        result.append((name, mv[e.out_off:e.out_off + e.raw_size]))
-    return result
+    return entries, digests
 
 
 def decode(data: Buffer) -> TritonBundle:
     """Verify ``data`` completely, then build the :class:`TritonBundle`.
     Payloads are read-only views into the unpacked blobs (no copies)."""
     try:
-        entries = _unpack(data)
+        entries, digests = _unpack(data)
     except BundleFormatError as e:
         raise BundleFormatError(f"bad bundle container: {e}") from None
     if len(entries) < 2 or entries[0][0] != HEADER_NAME or entries[1][0] != KERNELS_NAME:
@@ -372,7 +355,7 @@ def decode(data: Buffer) -> TritonBundle:
     for i, (want, blob) in enumerate(zip(header["blobs"], blobs)):
         if len(blob) != want:
             raise _fail(f"blob {i} holds {len(blob)} bytes, the header says {want}")
-    if content_digest(kernels_raw, blobs) != header["content_digest"]:
+    if digest_of(kernels_raw, digests[2:]) != header["content_digest"]:
         raise BundleFormatError("bundle content digest mismatch: the header does not describe these bytes")
     kernels = parse_kernels(kernels_raw)
 

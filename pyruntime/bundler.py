@@ -46,10 +46,13 @@ import os
 import re
 import sys
 import sysconfig
+import threading
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Literal, Union
 
 from . import config as _env
+from . import native as _native
+from ._twin import FileChanged, PackedEntry
 from ._version import __version__
 from .errors import BundleFormatError
 
@@ -315,9 +318,9 @@ class TritonBundle:
     pyruntime_version: str = __version__
     content_digest: str | None = dataclasses.field(default=None, compare=False)
     triton_abi: str | None = None
-    # (payload objects, places, blobs) when a collect read the files straight
-    # into the blobs of the file layout; see bundle_format._layout
-    _prelaid: tuple[list[Any], list[list[tuple[int, int]]], list[Any]] | None = dataclasses.field(
+    # (payload objects, file offsets per kernel, packed blob per kernel) when
+    # a collect packed each kernel as it read it; see bundle_format._packed_blobs
+    _packed: tuple[list[Any], list[list[int]], list[PackedEntry]] | None = dataclasses.field(
         default=None, init=False, repr=False, compare=False)
 
     # -- information ---------------------------------------------------
@@ -519,69 +522,71 @@ def read_kernel_dir(
     Sub-directories (Triton's in-flight ``tmp.*``), symlinks and ``lock``
     files are left out. Raises :class:`BundleFormatError` when a ``.json``
     already contains the ``[REPLACE]`` sentinel or a file name is not plain."""
-    check_kernel_hash(kernel_hash)
-    path = f"{cache_dir}/{kernel_hash}"
-    entries = _list_kernel_dir(path, complete_only)
-    if entries is None:
-        return None
-    roots = _roots if _roots is not None else _root_spellings(cache_dir)
-    artifacts = []
-    target = version = None
-    meta_names = _metadata_names([e.name for e in entries])
-    for e in entries:
-        name = check_file_name(e.name, kernel_hash)
-        fpath = f"{path}/{name}"
-        if name.endswith(".json"):
-            data = _read_json_artifact(fpath, name, kernel_hash, roots)
-            if target is None and name in meta_names:
-                target, version = parse_kernel_metadata(data)
-        else:
-            data = _read_file(fpath)
-        if len(data) > MAX_ARTIFACT_BYTES:
-            raise BundleFormatError(f"{fpath}: {len(data)} bytes is over the {MAX_ARTIFACT_BYTES}-byte limit")
-        artifacts.append(TritonKernelArtifact(name, data))
-    return TritonKernelArtifacts(kernel_hash, device, artifacts, target, version)
+    prepared = _prepare_kernel(cache_dir, kernel_hash, device, complete_only, _roots)
+    return None if prepared is None else prepared.kernel
 
 
 def _metadata_names(names: list[str]) -> set[str]:
     return {os.path.splitext(n)[0] + ".json" for n in names if os.path.splitext(n)[1] in _BIN_EXTS}
 
 
-# Test-only: called between the stat pass and the read pass of _read_kernels.
-_between_passes_hook: Callable[[], None] | None = None
+# Test-only: called with the kernel hash between the first listing and the
+# read of a kernel directory.
+_between_passes_hook: Callable[[str], None] | None = None
+_READ_ATTEMPTS = 5
 
 
-class _Changed(Exception):
-    """A file changed size between its stat and its read."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class _PreparedKernel:
+    """A kernel directory read and packed: its artifacts (views into the
+    blob), each artifact's offset in the blob, the packed blob, and the
+    directory's (inode, mtime) when it was listed, by which a collect tells
+    whether it changed since."""
+
+    root: str
+    kernel: TritonKernelArtifacts
+    offsets: list[int]
+    entry: PackedEntry
+    stamp: tuple[int, int]
 
 
-def _read_kernels(items: list[tuple[str, str, int, bool]]) -> TritonBundle:
-    """Read many kernel directories, ``(cache_dir, kernel_hash, device,
-    complete_only)`` each, straight into the blobs of the bundle file
-    layout: one buffer per blob, each file read into its place with one
-    ``readv`` (no per-file bytes object, no join when the bundle is saved).
-    ``.json`` files are read first (the sentinel swap changes their size).
-    Falls back to reading file by file if a file changes size meanwhile."""
-    from .bundle_format import plan_layout
+def _dir_stamp(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
 
-    spellings: dict[str, list[bytes]] = {}
-    plans = []  # (hash, device, path, [(name, size, json bytes | None)], target, version)
-    for root, h, device, complete_only in items:
-        check_kernel_hash(h)
-        path = f"{root}/{h}"
+
+def _prepare_kernel(
+    root: str, h: str, device: int, complete_only: bool, roots: list[bytes] | None = None
+) -> _PreparedKernel | None:
+    """Read kernel directory ``root/h`` into one blob (the layout of the
+    bundle file: :func:`pyruntime.bundle_format.kernel_layout`) and pack it.
+    ``.json`` files are read in Python (the sentinel swap changes their
+    size), the others by the backend straight into their slots. A file that
+    changes size meanwhile makes the directory be listed and read again."""
+    from .bundle_format import kernel_layout
+
+    check_kernel_hash(h)
+    path = f"{root}/{h}"
+    if roots is None:
+        roots = _root_spellings(root)
+    backend = _native.backend
+    for attempt in range(_READ_ATTEMPTS):
+        stamp = _dir_stamp(path)
         entries = _list_kernel_dir(path, complete_only)
-        if entries is None:
-            continue
-        roots = spellings.get(root)
-        if roots is None:
-            roots = spellings[root] = _root_spellings(root)
+        if entries is None or stamp is None:
+            return None
         meta_names = _metadata_names([e.name for e in entries])
         target = version = None
-        files = []
+        names: list[str] = []
+        sizes: list[int] = []
+        jsons: list[bytes | None] = []
         for e in entries:
             name = check_file_name(e.name, h)
             if name.endswith(".json"):
-                data = _read_json_artifact(f"{path}/{name}", name, h, roots)
+                data: bytes | None = _read_json_artifact(f"{path}/{name}", name, h, roots)
                 if target is None and name in meta_names:
                     target, version = parse_kernel_metadata(data)
                 size = len(data)
@@ -590,53 +595,84 @@ def _read_kernels(items: list[tuple[str, str, int, bool]]) -> TritonBundle:
                 size = e.stat(follow_symlinks=False).st_size
             if size > MAX_ARTIFACT_BYTES:
                 raise BundleFormatError(f"{path}/{name}: {size} bytes is over the {MAX_ARTIFACT_BYTES}-byte limit")
-            files.append((name, size, data))
-        plans.append((h, device, path, files, target, version))
+            names.append(name)
+            sizes.append(size)
+            jsons.append(data)
+        if attempt == 0 and _between_passes_hook is not None:
+            _between_passes_hook(h)
+        offsets, total = kernel_layout(list(zip(names, sizes)))
+        blob = bytearray(total)
+        for data, off in zip(jsons, offsets):
+            if data is not None:
+                blob[off:off + len(data)] = data
+        try:
+            backend.read_files(path, [None if d is not None else n for n, d in zip(names, jsons)],
+                               offsets, sizes, blob)
+        except FileChanged as e:
+            log.debug("%s; reading %s again", e, path)
+            continue
+        except FileNotFoundError:
+            if not os.path.isdir(path):
+                return None  # the directory went away meanwhile
+            continue  # a file was replaced meanwhile
+        ro = memoryview(blob).toreadonly()
+        arts = [TritonKernelArtifact(n, ro[off:off + size]) for n, off, size in zip(names, offsets, sizes)]
+        kernel = TritonKernelArtifacts(h, device, arts, target, version)
+        return _PreparedKernel(root, kernel, offsets, backend.pack_entry(blob), stamp)
+    raise BundleFormatError(f"{path}: files keep changing while they are read ({_READ_ATTEMPTS} attempts)")
 
-    if _between_passes_hook is not None:
-        _between_passes_hook()
-    places, sizes = plan_layout([[(n, size) for n, size, _ in files] for _, _, _, files, _, _ in plans])
-    bufs = [bytearray(n) for n in sizes]
-    views = [memoryview(b) for b in bufs]
-    probe = bytearray(1)  # a byte past the expected end: detects a file that grew
-    try:
-        for (h, device, path, files, _, _), kplaces in zip(plans, places):
-            for (name, size, data), (blob, off) in zip(files, kplaces):
-                slot = views[blob][off:off + size]
-                if data is not None:
-                    slot[:] = data
-                    continue
-                fd = os.open(f"{path}/{name}", os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    got = os.readv(fd, [slot, probe])
-                    while got < size:  # a short read: keep going until EOF
-                        n = os.readv(fd, [slot[got:], probe])
-                        if n == 0:
-                            break
-                        got += n
-                finally:
-                    os.close(fd)
-                if got != size:
-                    raise _Changed(f"{path}/{name}")
-    except _Changed as e:
-        log.debug("%s changed while it was read; reading file by file", e)
-        kernels = [k for root, h, device, complete_only in items
-                   if (k := read_kernel_dir(root, h, device, complete_only=complete_only)) is not None]
-        return TritonBundle(kernels, triton_version=installed_triton_version(), triton_abi=installed_triton_abi())
 
-    ro = [v.toreadonly() for v in views]
-    kernels = []
-    flat: list[Any] = []
-    for (h, device, _path, files, target, version), kplaces in zip(plans, places):
-        arts = []
-        for (name, size, _), (blob, off) in zip(files, kplaces):
-            payload = ro[blob][off:off + size]
-            flat.append(payload)
-            arts.append(TritonKernelArtifact(name, payload))
-        kernels.append(TritonKernelArtifacts(h, device, arts, target, version))
+def _prepare_many(items: list[tuple[str, str, int, bool]]) -> list[_PreparedKernel]:
+    """:func:`_prepare_kernel` for ``(root, hash, device, complete_only)``
+    items, on the bundle threads when there are several; missing kernels
+    are left out, order is kept."""
+    spellings: dict[str, list[bytes]] = {}
+    for root, *_ in items:
+        if root not in spellings:
+            spellings[root] = _root_spellings(root)
+    if len(items) > 1 and _env.io_threads() > 1:
+        results = list(_executor().map(lambda it: _prepare_kernel(*it, spellings[it[0]]), items))
+    else:
+        results = [_prepare_kernel(*it, spellings[it[0]]) for it in items]
+    return [p for p in results if p is not None]
+
+
+def _bundle_of(prepared: list[_PreparedKernel]) -> TritonBundle:
+    """The bundle of prepared kernels, carrying their packed blobs for
+    :func:`pyruntime.bundle_format.encode`."""
+    kernels = [p.kernel for p in prepared]
     bundle = TritonBundle(kernels, triton_version=installed_triton_version(), triton_abi=installed_triton_abi())
-    object.__setattr__(bundle, "_prelaid", (flat, places, ro))
+    flat = [a.payload for k in kernels for a in k.artifacts]
+    object.__setattr__(bundle, "_packed", (flat, [p.offsets for p in prepared], [p.entry for p in prepared]))
     return bundle
+
+
+_EXECUTOR: Any = None
+_EXECUTOR_LOCK = threading.Lock()
+
+
+def _executor() -> Any:
+    """The bundle threads (``PYRUNTIME_IO_THREADS``), started on first use.
+    They read and pack kernel directories; most of that runs in C without
+    the GIL."""
+    global _EXECUTOR
+    with _EXECUTOR_LOCK:
+        if _EXECUTOR is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _EXECUTOR = ThreadPoolExecutor(max_workers=_env.io_threads(), thread_name_prefix="pyruntime-bundle")
+        return _EXECUTOR
+
+
+def _forget_executor_in_child() -> None:
+    # A forked child has none of the parent's threads: it starts its own.
+    global _EXECUTOR, _EXECUTOR_LOCK
+    _EXECUTOR = None
+    _EXECUTOR_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_executor_in_child)
 
 
 MAX_ARTIFACT_BYTES = 1 << 30  # the pack container's per-entry limit
@@ -670,7 +706,7 @@ def collect_dir(
             )
     else:
         hashes = [check_kernel_hash(h) for h in dict.fromkeys(kernel_hashes)]
-    return _read_kernels([(root, h, device, kernel_hashes is None) for h in hashes])
+    return _bundle_of(_prepare_many([(root, h, device, kernel_hashes is None) for h in hashes]))
 
 
 # --------------------------------------------------------------------------
@@ -688,13 +724,34 @@ class BundlerConfig:
     Triton version, Python ABI or target (``None``: ``PYRUNTIME_BUNDLE_ON_MISMATCH``,
     default ``"warn"``); see :func:`pyruntime.cache.restore`.
     ``target``: the target restores expect (``"cuda:90"``); ``None`` checks
-    no target. ``fsync``: fsync restored files (``None``: ``PYRUNTIME_FSYNC``)."""
+    no target. ``fsync``: fsync restored files (``None``: ``PYRUNTIME_FSYNC``).
+    ``pack_on_put``: read and pack each kernel on a background thread as it
+    is put (see :class:`TritonBundler`)."""
 
     enabled: bool | None = None
     force_disable: bool = False
     on_mismatch: MismatchPolicy | None = None
     target: str | None = None
     fsync: bool | None = None
+    pack_on_put: bool = True
+
+
+def _take_prepared(fut: Any, entry: TritonBundleEntry) -> _PreparedKernel | None:
+    """What ``put`` packed for ``entry``, if it is still what the directory
+    holds; ``None`` sends ``collect`` to read the directory itself (also
+    when packing it failed: the read then raises the error again)."""
+    if fut is None or fut.cancelled():
+        return None
+    try:
+        p = fut.result()
+    except Exception as e:  # noqa: BLE001 - collect reads again and raises it there
+        log.debug("packing %s on put failed (%s); reading it again", entry.kernel_hash, e)
+        return None
+    if p is None or p.root != entry.directory or p.kernel.device != entry.device:
+        return None
+    if _dir_stamp(f"{entry.directory}/{entry.kernel_hash}") != p.stamp:
+        return None  # changed since it was packed
+    return p
 
 
 class TritonBundler:
@@ -702,10 +759,21 @@ class TritonBundler:
     :meth:`collect`, and turns them into a :class:`TritonBundle`.
 
     State is per process (class attributes), like Inductor's bundler; ``put``
-    may be called from any thread."""
+    may be called from any thread.
+
+    Unlike Inductor's, ``put`` does not leave all the reading to ``collect``:
+    when the kernel directory is complete (it holds Triton's ``__grp__``
+    file, written last) it is read and LZ4-packed on a background thread
+    (``PYRUNTIME_IO_THREADS``), while the compile goes on. ``collect`` then
+    only checks that each directory is unchanged (inode and mtime) and
+    assembles; a kernel not yet packed, or changed since, is read then.
+    ``config.pack_on_put = False`` leaves everything to ``collect``."""
 
     config: ClassVar[BundlerConfig] = BundlerConfig()
     _entries: ClassVar[list[TritonBundleEntry] | None] = None
+    # kernel hash -> future of its _PreparedKernel, and the pid they belong to
+    _pending: ClassVar[dict[str, Any]] = {}
+    _pending_pid: ClassVar[int] = 0
     _REPLACE_BYTES: ClassVar[bytes] = REPLACE_SENTINEL
 
     @classmethod
@@ -728,12 +796,17 @@ class TritonBundler:
             raise RuntimeError("TritonBundler.begin_compile called again before collect/end_compile")
         log.debug("TritonBundler.begin_compile")
         cls._entries = []
+        cls._pending = {}
+        cls._pending_pid = os.getpid()
 
     @classmethod
     def end_compile(cls) -> None:
         """Stop recording; an uncollected recording is dropped."""
         log.debug("TritonBundler.end_compile")
         cls._entries = None
+        pending, cls._pending = cls._pending, {}
+        for fut in pending.values():
+            fut.cancel()
 
     @classmethod
     def put(cls, kernel_hash: str, device: int = 0, *, cache_dir: str | os.PathLike[str] | None = None) -> None:
@@ -745,6 +818,9 @@ class TritonBundler:
         check_kernel_hash(kernel_hash)
         directory = os.fspath(cache_dir) if cache_dir is not None else triton_cache_dir(device)
         entries.append(TritonBundleEntry(kernel_hash, device, directory))
+        if cls.config.pack_on_put and kernel_hash not in cls._pending:
+            # complete_only: a directory without its __grp__ file yet is left to collect
+            cls._pending[kernel_hash] = _executor().submit(_prepare_kernel, directory, kernel_hash, device, True)
 
     @classmethod
     def collect(cls) -> tuple[TritonBundle, TritonBundlerMetadata | None]:
@@ -758,13 +834,19 @@ class TritonBundler:
         if entries is None:
             return TritonBundle([]), None
         try:
+            pending = cls._pending if cls._pending_pid == os.getpid() else {}  # none survive a fork
             seen: set[str] = set()
-            items = []
+            prepared: list[_PreparedKernel] = []
             for entry in entries:
-                if entry.kernel_hash not in seen:
-                    seen.add(entry.kernel_hash)
-                    items.append((entry.directory, entry.kernel_hash, entry.device, False))
-            bundle = _read_kernels(items)
+                if entry.kernel_hash in seen:
+                    continue
+                seen.add(entry.kernel_hash)
+                p = _take_prepared(pending.get(entry.kernel_hash), entry)
+                if p is None:
+                    p = _prepare_kernel(entry.directory, entry.kernel_hash, entry.device, False)
+                if p is not None:
+                    prepared.append(p)
+            bundle = _bundle_of(prepared)
         finally:
             cls.end_compile()
         return bundle, TritonBundlerMetadata(bundle.kernel_names(), [])

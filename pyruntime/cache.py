@@ -38,8 +38,10 @@
    bundle without ``triton_abi`` (written before it was recorded), or a
    restore where no Triton is installed, is not checked.
 
-Speed: one listing of the cache directory replaces a stat per kernel, and
-each file costs one ``open``/``write``/``close``.
+Speed: one listing of the cache directory replaces a stat per kernel; the
+kernel directories are written by the C core (``csrc/kernel_dirs.c``), one
+``open``/``write``/``close`` per file, several kernels at once on
+``PYRUNTIME_IO_THREADS`` threads.
 """
 
 from __future__ import annotations
@@ -54,9 +56,12 @@ import time
 import warnings
 from typing import Callable
 
+from . import _twin, native
 from . import config as _env
+from ._twin import KernelJob
 from .bundler import (
     REPLACE_SENTINEL,
+    Buffer,
     MismatchPolicy,
     TritonBundle,
     TritonKernelArtifacts,
@@ -73,11 +78,10 @@ TMP_PREFIX = "tmp."
 DEFAULT_MAX_AGE_S = 3600.0
 
 # Test-only: called with (kernel_hash, file name) after each file is written
-# into a temporary directory (the SIGKILL test pauses a restore here).
+# into a temporary directory (the SIGKILL test pauses a restore here). When
+# set, restores write through the pure-Python twin, which can call it.
 _after_file_hook: Callable[[str, str], None] | None = None
 
-_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-_RACE_ERRNOS = frozenset({errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR})
 
 
 @dataclasses.dataclass
@@ -272,11 +276,6 @@ def clean(
 # restore
 
 
-def _write_all(fd: int, data: memoryview) -> None:
-    while data:
-        data = data[os.write(fd, data):]
-
-
 def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -293,49 +292,22 @@ def _dir_has_files(path: str) -> bool:
         return False
 
 
-def _write_kernel(
-    cache_dir: str, final: str, kernel: TritonKernelArtifacts, token: str, do_fsync: bool
-) -> tuple[bool, int]:
-    """Write one kernel via a temporary directory; returns (renamed, bytes)."""
-    tmp = os.path.join(cache_dir, f"tmp.pid_{os.getpid()}_{token}")
-    os.mkdir(tmp)
-    written = 0
-    try:
-        abs_final: bytes | None = None
-        hook = _after_file_hook
-        for art in kernel.artifacts:
-            payload = memoryview(art.payload).cast("B")
-            if art.filename.endswith(".json"):
-                text = bytes(payload)  # small; memoryview has no substring search
-                if REPLACE_SENTINEL in text:
-                    if abs_final is None:
-                        # JSON-escaped, so any directory name keeps the file valid
-                        abs_final = json.dumps(os.path.abspath(final))[1:-1].encode("ascii")
-                    payload = memoryview(text.replace(REPLACE_SENTINEL, abs_final))
-            fd = os.open(f"{tmp}/{art.filename}", _OPEN_FLAGS, 0o666)
-            try:
-                _write_all(fd, payload)
-                if do_fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-            written += len(payload)
-            if hook is not None:
-                hook(kernel.kernel_hash, art.filename)
-        if do_fsync:
-            _fsync_dir(tmp)
-        try:
-            os.replace(tmp, final)
-        except OSError as e:
-            if e.errno not in _RACE_ERRNOS:
-                raise
-            # another process put this kernel in place first
-            _remove(tmp)
-            return False, 0
-        return True, written
-    except BaseException:
-        _remove(tmp)
-        raise
+def _kernel_files(kernel: TritonKernelArtifacts, final: str) -> list[tuple[str, Buffer]]:
+    """The files to write for ``kernel``, the ``[REPLACE]`` sentinel in its
+    ``.json`` files swapped for ``final`` (JSON-escaped, so any directory
+    name keeps the file valid)."""
+    files: list[tuple[str, Buffer]] = []
+    spelled: bytes | None = None
+    for art in kernel.artifacts:
+        payload = art.payload
+        if art.filename.endswith(".json"):
+            text = bytes(payload)  # small; a memoryview has no substring search
+            if REPLACE_SENTINEL in text:
+                if spelled is None:
+                    spelled = json.dumps(os.path.abspath(final))[1:-1].encode("ascii")
+                payload = text.replace(REPLACE_SENTINEL, spelled)
+        files.append((art.filename, payload))
+    return files
 
 
 def restore(
@@ -384,7 +356,8 @@ def restore(
     # 2. one listing per cache directory: existing kernels and stale litter
     listings: dict[str, set[str]] = {}
     token = os.urandom(6).hex()
-    renamed_in: set[str] = set()
+    pid = os.getpid()
+    jobs: dict[str, list[tuple[TritonKernelArtifacts, KernelJob]]] = {}
     for n, (root, k) in enumerate(todo):
         names = listings.get(root)
         if names is None:
@@ -398,16 +371,24 @@ def restore(
         if k.kernel_hash in names and _dir_has_files(final):
             result.existing.append(k.kernel_hash)
             continue
-        ok, written = _write_kernel(root, final, k, f"{token}_{n}", do_fsync)
-        if ok:
-            result.restored.append(k.kernel_hash)
-            result.kernel_names += k.kernel_names()
-            result.files_written += len(k.artifacts)
-            result.bytes_written += written
-            renamed_in.add(root)
-        else:
-            result.existing.append(k.kernel_hash)
-    if do_fsync:
-        for root in renamed_in:
+        job = (f"tmp.pid_{pid}_{token}_{n}", k.kernel_hash, _kernel_files(k, final))
+        jobs.setdefault(root, []).append((k, job))
+
+    # 3. write: each kernel into its tmp directory, renamed into place (on
+    # PYRUNTIME_IO_THREADS threads in C; the test hook needs the twin)
+    hook = _after_file_hook
+    backend = _twin if hook is not None else native.backend
+    for root, todo_here in jobs.items():
+        renamed = backend.write_kernels(root, [j for _, j in todo_here], _env.io_threads(), do_fsync,
+                                        after_file=hook)
+        for (k, (_, _, files)), ok in zip(todo_here, renamed):
+            if ok == 1:
+                result.restored.append(k.kernel_hash)
+                result.kernel_names += k.kernel_names()
+                result.files_written += len(files)
+                result.bytes_written += sum(len(d) for _, d in files)
+            else:
+                result.existing.append(k.kernel_hash)
+        if do_fsync and any(ok == 1 for ok in renamed):
             _fsync_dir(root)
     return result

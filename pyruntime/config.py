@@ -58,6 +58,20 @@ def default_workers() -> int:
     return max(1, min(cpus, 32))
 
 
+def io_threads() -> int:
+    """PYRUNTIME_IO_THREADS: threads that read, compress, unpack and write
+    bundle files and kernel directories (the C side runs them without the
+    GIL); default the CPUs this process may run on, capped at 8."""
+    n = _int("PYRUNTIME_IO_THREADS", 0)
+    if n > 0:
+        return min(n, 64)
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, 8))
+
+
 def shutdown_grace_s() -> float:
     """PYRUNTIME_SHUTDOWN_GRACE: seconds workers get after SIGTERM (2.0)."""
     return _float("PYRUNTIME_SHUTDOWN_GRACE", 2.0)

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 from . import _twin, config
 from .errors import BundleFormatError, ProtocolError
 
-ABI_VERSION = 1  # must equal PRT_ABI_VERSION in csrc/prt_core.cdef.h
+ABI_VERSION = 2  # must equal PRT_ABI_VERSION in csrc/prt_core.cdef.h
 
 
 class PythonBackend:
@@ -32,6 +32,11 @@ class PythonBackend:
     hash_dir = staticmethod(_twin.hash_dir)
     pack = staticmethod(_twin.pack)
     unpack = staticmethod(_twin.unpack)
+    pack_entry = staticmethod(_twin.pack_entry)
+    pack_stored = staticmethod(_twin.pack_stored)
+    unpack_views = staticmethod(_twin.unpack_views)
+    read_files = staticmethod(_twin.read_files)
+    write_kernels = staticmethod(_twin.write_kernels)
 
     @staticmethod
     def set_pdeathsig(sig: int) -> None:
@@ -179,6 +184,111 @@ class CBackend:
             name = bytes(view[e.name_off:e.name_off + e.name_len])
             result.append((name, bytes(mv[e.out_off:e.out_off + e.raw_size])))
         return result
+
+
+    # -- entries packed ahead of their container ------------------------------
+    def pack_entry(self, data: Any) -> _twin.PackedEntry:
+        ffi, lib = self.ffi, self.lib
+        src = ffi.from_buffer(data)
+        err = ffi.new("prt_err *")
+        bound = ffi.new("size_t *")
+        self.check(lib.prt_entry_bound(len(src), bound, err), err, BundleFormatError)
+        dst = self._scratch("uint8_t[]", max(bound[0], 1))
+        method = ffi.new("uint8_t *")
+        stored = ffi.new("size_t *")
+        checksum = ffi.new("uint64_t *")
+        hex128 = ffi.new("char[33]")
+        rc = lib.prt_pack_entry(src, len(src), dst, bound[0], method, stored, checksum, hex128, err)
+        self.check(rc, err, BundleFormatError)
+        # copied out of the bound-sized scratch block, which is not kept
+        return _twin.PackedEntry(method[0], len(src), checksum[0], ffi.buffer(dst, stored[0])[:],
+                                 ffi.string(hex128).decode())
+
+    def pack_stored(self, items: Sequence[tuple[bytes, _twin.PackedEntry]]) -> bytes:
+        ffi, lib = self.ffi, self.lib
+        n = len(items)
+        keep = [(ffi.from_buffer(name), ffi.from_buffer(e.stored)) for name, e in items]
+        names = ffi.new("char *[]", [k[0] for k in keep]) if n else ffi.NULL
+        name_lens = ffi.new("size_t[]", [len(k[0]) for k in keep]) if n else ffi.NULL
+        stored = ffi.new("uint8_t *[]", [k[1] for k in keep]) if n else ffi.NULL
+        stored_sizes = ffi.new("size_t[]", [len(k[1]) for k in keep]) if n else ffi.NULL
+        methods = ffi.new("uint8_t[]", [e.method for _, e in items]) if n else ffi.NULL
+        raw_sizes = ffi.new("uint64_t[]", [e.raw_size for _, e in items]) if n else ffi.NULL
+        checksums = ffi.new("uint64_t[]", [e.checksum for _, e in items]) if n else ffi.NULL
+        err = ffi.new("prt_err *")
+        need = ffi.new("size_t *")
+        self.check(lib.prt_pack_stored_len(n, name_lens, stored_sizes, need, err), err, BundleFormatError)
+        out = bytearray(need[0])
+        out_len = ffi.new("size_t *")
+        rc = lib.prt_pack_stored(n, names, name_lens, methods, raw_sizes, checksums, stored, stored_sizes,
+                                 ffi.from_buffer(out), need[0], out_len, err)
+        self.check(rc, err, BundleFormatError)
+        return out  # a bytearray: no copy into bytes
+
+    def unpack_views(self, data: Any, max_entry: int, max_total: int,
+                     nthreads: int) -> tuple[list[bytes], list[memoryview], list[str]]:
+        ffi, lib = self.ffi, self.lib
+        src = ffi.from_buffer(data)
+        err = ffi.new("prt_err *")
+        count = ffi.new("uint32_t *")
+        self.check(lib.prt_unpack_count(src, len(src), count, err), err, BundleFormatError)
+        n = count[0]
+        entries = ffi.new("prt_entry[]", max(n, 1))
+        total = ffi.new("uint64_t *")
+        rc = lib.prt_unpack_index(src, len(src), entries, n, max_entry, max_total, total, err)
+        self.check(rc, err, BundleFormatError)
+        out = bytearray(total[0])
+        hexes = ffi.new("char[]", max(n, 1) * 33)
+        rc = lib.prt_unpack_data_par(src, len(src), entries, n, ffi.from_buffer(out), len(out),
+                                     max(1, nthreads), hexes, err)
+        self.check(rc, err, BundleFormatError)
+        raw = memoryview(data).cast("B")
+        mv = memoryview(out).toreadonly()
+        digests = ffi.buffer(hexes, n * 33)[:]
+        names, views, hexs = [], [], []
+        for i in range(n):
+            e = entries[i]
+            names.append(bytes(raw[e.name_off:e.name_off + e.name_len]))
+            views.append(mv[e.out_off:e.out_off + e.raw_size])
+            hexs.append(digests[i * 33:i * 33 + 32].decode("ascii"))
+        return names, views, hexs
+
+    # -- kernel directories -------------------------------------------------
+    def read_files(self, directory: str, names: Sequence[str | None], offsets: Sequence[int],
+                   sizes: Sequence[int], out: bytearray) -> None:
+        ffi, lib = self.ffi, self.lib
+        n = len(names)
+        keep = [ffi.NULL if x is None else ffi.new("char[]", x.encode()) for x in names]
+        err = ffi.new("prt_err *")
+        rc = lib.prt_read_files(directory.encode(), n, ffi.new("char *[]", keep) if n else ffi.NULL,
+                                ffi.new("uint64_t[]", offsets) if n else ffi.NULL,
+                                ffi.new("uint64_t[]", sizes) if n else ffi.NULL,
+                                ffi.from_buffer(out), len(out), err)
+        if rc == lib.PRT_E_CHANGED:
+            raise _twin.FileChanged(ffi.string(err.msg).decode("utf-8", "replace"))
+        self.check(rc, err, OSError)
+
+    def write_kernels(self, root: str, jobs: Sequence[_twin.KernelJob], nthreads: int, do_fsync: bool,
+                      after_file: Any = None) -> list[int]:
+        if after_file is not None:
+            raise ValueError("the C backend has no per-file hook")
+        ffi, lib = self.ffi, self.lib
+        keep: list[Any] = []  # every cdata the jobs point at, alive until the call returns
+        cjobs = ffi.new("prt_kernel_job[]", max(len(jobs), 1))
+        for j, (tmp_name, final_name, files) in enumerate(jobs):
+            names = [ffi.new("char[]", name.encode()) for name, _ in files]
+            datas = [ffi.from_buffer(data) for _, data in files]
+            arrays = (ffi.new("char[]", tmp_name.encode()), ffi.new("char[]", final_name.encode()),
+                      ffi.new("char *[]", names), ffi.new("uint8_t *[]", datas),
+                      ffi.new("size_t[]", [len(d) for d in datas]))
+            keep += [names, datas, arrays]
+            job = cjobs[j]
+            job.tmp_name, job.final_name, job.names, job.datas, job.sizes = arrays
+            job.nfiles = len(files)
+        err = ffi.new("prt_err *")
+        rc = lib.prt_write_kernels(os.fsencode(root), cjobs, len(jobs), max(1, nthreads), int(do_fsync), err)
+        self.check(rc, err, OSError)
+        return [cjobs[j].renamed for j in range(len(jobs))]
 
 
 def _load_c() -> CBackend | None:

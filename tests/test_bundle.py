@@ -182,14 +182,16 @@ def test_collect_relocates_any_spelling_of_the_cache_dir(tmp_path):
 @pytest.mark.parametrize("change", ["grow", "shrink"])
 def test_a_file_changing_during_collect_is_read_again(kernel_cache, tmp_path, monkeypatch, change):
     """Files are read straight into the bundle's blobs at the size a stat
-    saw; a file that changes size in between sends collect back to reading
-    file by file, so the bundle holds what the file holds after the change."""
+    saw; a file that changes size in between makes collect list and read
+    that kernel again, so the bundle holds what the file holds after the change."""
     cache_dir, hashes = kernel_cache
     root = tmp_path / "cache"
     shutil.copytree(cache_dir, root)
     ptx = next((root / hashes[2]).glob("*.ptx"))
 
-    def edit():
+    def edit(kernel_hash):
+        if kernel_hash != hashes[2]:
+            return
         data = ptx.read_bytes()
         ptx.write_bytes(data + b"// appended" if change == "grow" else data[:100])
 
@@ -205,12 +207,12 @@ def test_a_file_changing_during_collect_is_read_again(kernel_cache, tmp_path, mo
 def test_collected_blobs_are_reused_only_while_the_bundle_is_unchanged(kernel_cache):
     cache_dir, _ = kernel_cache
     fresh = collect_dir(cache_dir)
-    assert fresh._prelaid is not None
+    assert fresh._packed is not None
     # the same kernels as plain bytes go through the general layout: same file
     plain = TritonBundle([dataclasses.replace(k, artifacts=[TritonKernelArtifact(a.filename, bytes(a.payload))
                                                              for a in k.artifacts])
                           for k in fresh.kernel_artifacts], fresh.triton_version, triton_abi=fresh.triton_abi)
-    assert plain._prelaid is None
+    assert plain._packed is None
     assert plain.to_bytes() == fresh.to_bytes()
     # swap one payload in place: the collected blobs must not be reused
     k = fresh.kernel_artifacts[1]
@@ -334,14 +336,30 @@ def test_empty_bundle_round_trips():
     assert empty.kernel_artifacts == [] and empty.targets == []
 
 
-def test_many_blobs(kernel_cache, monkeypatch):
+def test_one_blob_per_kernel_and_any_tiling_reads(kernel_cache):
+    """Each kernel is one blob (so put can pack it early); a reader takes
+    any table whose ranges tile the blobs, such as pyruntime 0.1.0's, which
+    put every kernel's files into one blob grouped by extension."""
     cache_dir, _ = kernel_cache
-    monkeypatch.setattr(bundle_format, "BLOB_LIMIT", 4096)
     bundle = collect_dir(cache_dir)
-    data = bundle.to_bytes()
-    header = json.loads(pyruntime.packing.unpack(data)[0][1])
-    assert len(header["blobs"]) > 10
-    assert TritonBundle.from_bytes(data) == bundle
+    entries = pyruntime.packing.unpack(bundle.to_bytes())
+    header, table = json.loads(entries[0][1]), json.loads(entries[1][1])
+    assert [n for n, _ in entries[2:]] == [f"blob.{i}" for i in range(len(bundle))]
+    assert all(f[1] == ki for ki, k in enumerate(table) for f in k["files"])
+    # every kernel's files in one shared blob, by extension then kernel
+    order = sorted(((os.path.splitext(a.filename)[1], ki, a.filename, bytes(a.payload))
+                    for ki, k in enumerate(bundle.kernel_artifacts) for a in k.artifacts))
+    blob, where = b"", {}
+    for _, ki, name, payload in order:
+        where[ki, name] = len(blob)
+        blob += payload
+    for ki, k in enumerate(table):
+        k["files"] = [[name, 0, where[ki, name], size] for name, _, _, size in k["files"]]
+    kernels_json = json.dumps(table, separators=(",", ":")).encode()
+    header.update(blobs=[len(blob)], content_digest=bundle_format.content_digest(kernels_json, [blob]))
+    shared = pyruntime.packing.pack([("header.json", json.dumps(header).encode()), ("kernels.json", kernels_json),
+                                     ("blob.0", blob)])
+    assert TritonBundle.from_bytes(shared) == bundle
 
 
 def test_in_memory_bundle_with_unsafe_names_is_refused_on_save(tmp_path):
