@@ -738,10 +738,11 @@ class BundlerConfig:
 
 def _take_prepared(fut: Any, entry: TritonBundleEntry) -> _PreparedKernel | None:
     """What ``put`` packed for ``entry``, if it is still what the directory
-    holds; ``None`` sends ``collect`` to read the directory itself (also
-    when packing it failed: the read then raises the error again)."""
-    if fut is None or fut.cancelled():
-        return None
+    holds; ``None`` sends ``collect`` to read the directory itself: when the
+    packing had not started (it is cancelled), when it failed (the read then
+    raises the error again) or when the directory changed since."""
+    if fut is None or fut.cancel():
+        return None  # not started yet: the caller reads it now instead of waiting for a thread
     try:
         p = fut.result()
     except Exception as e:  # noqa: BLE001 - collect reads again and raises it there
