@@ -635,3 +635,177 @@ def test_dataclasses_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         a.filename = "y"
     assert "payload" not in repr(a)
+
+
+# --------------------------------------------------------------------------
+# put-time packing: put reads and packs each kernel on a background thread;
+# collect reuses that work only while the directory is unchanged
+
+
+def _put_all(tb, root: str, hashes: list[str]) -> None:
+    tb.config.enabled = True
+    tb.begin_compile()
+    for h in hashes:
+        tb.put(h, 0, cache_dir=root)
+
+
+def _wait_pending(tb) -> dict:
+    import concurrent.futures
+
+    pending = dict(tb._pending)
+    done, not_done = concurrent.futures.wait(list(pending.values()), timeout=30)
+    assert not not_done
+    return {h: f.result() for h, f in pending.items()}
+
+
+@pytest.fixture
+def cache_copy(kernel_cache, tmp_path) -> tuple[str, list[str]]:
+    cache_dir, hashes = kernel_cache
+    root = str(tmp_path / "cache")
+    shutil.copytree(cache_dir, root)
+    return root, sorted(hashes)
+
+
+@pytest.mark.timeout(60)
+def test_put_packs_each_kernel_and_collect_reuses_it(bundler_state, cache_copy):
+    tb = bundler_state
+    root, hashes = cache_copy
+    try:
+        _put_all(tb, root, hashes)
+        prepared = _wait_pending(tb)
+        assert sorted(prepared) == hashes and all(p is not None for p in prepared.values())
+        bundle, meta = tb.collect()
+    finally:
+        tb.end_compile()
+        tb.config.enabled = None
+    # the kernels read on put are the ones in the bundle (nothing read twice)
+    for k in bundle.kernel_artifacts:
+        assert k is prepared[k.kernel_hash].kernel
+    fresh = collect_dir(root)
+    assert bundle == fresh
+    assert bundle.to_bytes() == fresh.to_bytes()
+    assert sorted(meta.cached_kernel_names) == KERNEL_NAMES
+
+
+@pytest.mark.timeout(60)
+def test_a_kernel_changed_after_put_is_read_again_on_collect(bundler_state, cache_copy):
+    tb = bundler_state
+    root, hashes = cache_copy
+    changed = hashes[1]
+    try:
+        _put_all(tb, root, hashes)
+        prepared = _wait_pending(tb)
+        import time
+
+        time.sleep(0.05)  # so the directory's mtime differs even on a coarse clock
+        # a file added the way Triton writes one: a temporary name, then os.replace
+        tmp = os.path.join(root, changed, f"late.txt.tmp.pid_{os.getpid()}_1234")
+        with open(tmp, "wb") as f:
+            f.write(b"written after put")
+        os.replace(tmp, os.path.join(root, changed, "late.txt"))
+        bundle, _ = tb.collect()
+    finally:
+        tb.end_compile()
+        tb.config.enabled = None
+    k = next(k for k in bundle.kernel_artifacts if k.kernel_hash == changed)
+    assert k is not prepared[changed].kernel
+    assert {a.filename: bytes(a.payload) for a in k.artifacts}["late.txt"] == b"written after put"
+    assert all(k is prepared[k.kernel_hash].kernel for k in bundle.kernel_artifacts if k.kernel_hash != changed)
+    assert bundle == collect_dir(root)
+    assert bundle.to_bytes() == collect_dir(root).to_bytes()
+
+
+@pytest.mark.timeout(60)
+def test_a_kernel_incomplete_at_put_is_bundled_in_full_at_collect(bundler_state, cache_copy, tmp_path):
+    tb = bundler_state
+    root, hashes = cache_copy
+    h = hashes[2]
+    grp = next(n for n in os.listdir(os.path.join(root, h)) if n.startswith("__grp__") and n.endswith(".json"))
+    aside = str(tmp_path / grp)
+    os.rename(os.path.join(root, h, grp), aside)  # Triton writes the __grp__ file last
+    try:
+        _put_all(tb, root, hashes)
+        prepared = _wait_pending(tb)
+        assert prepared[h] is None  # not complete yet: left to collect
+        os.rename(aside, os.path.join(root, h, grp))
+        bundle, _ = tb.collect()
+    finally:
+        tb.end_compile()
+        tb.config.enabled = None
+    k = next(k for k in bundle.kernel_artifacts if k.kernel_hash == h)
+    assert grp in [a.filename for a in k.artifacts]
+    assert bundle == collect_dir(root)
+    assert bundle.to_bytes() == collect_dir(root).to_bytes()
+
+
+def test_pack_on_put_off_submits_nothing(bundler_state, cache_copy):
+    tb = bundler_state
+    root, hashes = cache_copy
+    tb.config.pack_on_put = False
+    try:
+        _put_all(tb, root, hashes)
+        assert tb._pending == {}
+        bundle, _ = tb.collect()
+    finally:
+        tb.config.pack_on_put = True
+        tb.end_compile()
+        tb.config.enabled = None
+    assert bundle == collect_dir(root)
+    assert bundle.to_bytes() == collect_dir(root).to_bytes()
+
+
+@pytest.mark.timeout(60)
+def test_collect_in_a_forked_child_reads_every_kernel(bundler_state, cache_copy, monkeypatch):
+    """Kernels put in the parent are still being packed on its threads when
+    it forks (the bundler's test hook holds them mid-read): the child has
+    none of those threads, so it must not wait on their futures; it reads
+    the kernels itself. The parent's own collect is unaffected."""
+    import signal
+    import threading
+    import time
+
+    tb = bundler_state
+    root, hashes = cache_copy
+    want = collect_dir(root).to_bytes()
+    parent = os.getpid()
+    entered, release = threading.Event(), threading.Event()
+
+    def hold(kernel_hash):
+        if os.getpid() == parent:  # only the parent's packing threads wait
+            entered.set()
+            release.wait(30)
+
+    monkeypatch.setattr(pyruntime.bundler, "_between_passes_hook", hold)
+    try:
+        _put_all(tb, root, hashes)
+        assert entered.wait(30)  # at least one kernel is mid-read on a parent thread
+        pid = os.fork()
+        if pid == 0:  # the child: never return into pytest
+            code = 3
+            try:
+                bundle, _ = tb.collect()
+                code = 0 if (sorted(k.kernel_hash for k in bundle.kernel_artifacts) == hashes
+                             and bundle.to_bytes() == want) else 1
+            finally:
+                os._exit(code)
+        deadline = time.monotonic() + 45
+        status = None
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.01)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("collect in the forked child hung")
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+        release.set()
+        prepared = _wait_pending(tb)
+        bundle, _ = tb.collect()
+        assert all(k is prepared[k.kernel_hash].kernel for k in bundle.kernel_artifacts)
+        assert bundle.to_bytes() == want
+    finally:
+        release.set()
+        tb.end_compile()
+        tb.config.enabled = None
