@@ -458,6 +458,8 @@ def _write_kernel(root: str, job: KernelJob, do_fsync: bool, after_file: Callabl
                 _write_all(fd, memoryview(data).cast("B"))
                 if do_fsync:
                     os.fsync(fd)
+            except OSError as e:  # name the file, as the C side does
+                raise OSError(e.errno, f"write {tmp}/{name}: {e.strerror}") from None
             finally:
                 os.close(fd)
             if after_file is not None:

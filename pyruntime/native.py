@@ -260,7 +260,7 @@ class CBackend:
         n = len(names)
         keep = [ffi.NULL if x is None else ffi.new("char[]", x.encode()) for x in names]
         err = ffi.new("prt_err *")
-        rc = lib.prt_read_files(directory.encode(), n, ffi.new("char *[]", keep) if n else ffi.NULL,
+        rc = lib.prt_read_files(os.fsencode(directory), n, ffi.new("char *[]", keep) if n else ffi.NULL,
                                 ffi.new("uint64_t[]", offsets) if n else ffi.NULL,
                                 ffi.new("uint64_t[]", sizes) if n else ffi.NULL,
                                 ffi.from_buffer(out), len(out), err)

@@ -323,10 +323,6 @@ def test_read_files_does_not_follow_a_symlink(backend, tmp_path):
 def test_read_files_in_a_directory_whose_name_is_not_utf8(backend, tmp_path, request):
     """Paths are bytes to the OS: a cache directory whose name is not UTF-8
     (a str with surrogate escapes, as os.listdir gives it) reads like any."""
-    if backend.name == "c":
-        request.applymarker(pytest.mark.xfail(
-            strict=True, raises=UnicodeEncodeError,
-            reason="CBackend.read_files encodes the directory with str.encode(), not os.fsencode()"))
     d = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"caf\xe9"))
     os.mkdir(d)
     _write(os.path.join(d, "a.cubin"), b"hello")

@@ -154,6 +154,11 @@ def run(settings: C.Settings) -> dict[str, Any]:
         f"{min(17, big_n)} kernels": {"hashes": all_dirs[:17], "scratch": fast, "where": where},
         f"{big_n} kernels": {"hashes": all_dirs[:big_n], "scratch": fast, "where": where},
     }
+    if mem:
+        # the small set again with the bundle file and the restored cache on
+        # the root file system, where a cache usually lives (and where the
+        # figures the goals came from were taken)
+        sets["17 kernels, disk"] = {"hashes": all_dirs[:17], "scratch": disk, "where": "disk"}
     if mem and not settings.quick:
         # the same restore onto the disk the cache would live on: this VM's
         # file creation cost shows here, for both implementations
@@ -203,7 +208,8 @@ def run(settings: C.Settings) -> dict[str, Any]:
     for set_name, case in sets.items():
         mb = sum(k["bytes"] for k in info["kernels"][:len(case["hashes"])]) / 1e6
         tag = f"{len(case['hashes'])} kernels ({mb:.1f} MB), {case['where']}"
-        on_disk_repeat = case["scratch"] == disk and mem is not None
+        # the large set repeated on disk reports load+restore only, no goal
+        on_disk_repeat = case["scratch"] == disk and mem is not None and len(case["hashes"]) > 17
         if not on_disk_repeat:
             metrics.append(C.metric(
                 f"collect_save[{set_name}]", f"collect+save, {tag}", "s", "lower", "pyruntime",
@@ -226,14 +232,15 @@ def run(settings: C.Settings) -> dict[str, Any]:
             metrics.append(C.metric(
                 f"restore[{set_name}]", f"restore only, {tag}", "s", "lower", "pyruntime",
                 values(set_name, ("restore",))))
-        if not on_disk_repeat:
+        if not (case["scratch"] == disk and mem is not None):  # the same file as on tmpfs
             metrics.append(C.metric(
                 f"file_size[{set_name}]", f"bundle file, {tag}", "B", "lower", "pyruntime",
                 values(set_name, ("size",)),
                 goal={"kind": "ratio", "peer": "torch", "min": 1 / 0.35,
                       "text": "at most 35% of torch's pickled bundle"}))
     parts = {impl: {s: {k: C.summarize([r[k] for r in results[impl][s]])["median"]
-                        for k in ("put", "collect", "save", "load", "restore", "back_to_back") if k in results[impl][s][0]}
+                        for k in ("put", "collect", "save", "load", "restore", "back_to_back")
+                        if k in results[impl][s][0]}
                     for s in sets} for impl in results}
     return C.suite_result(
         "bundle", metrics=metrics,
