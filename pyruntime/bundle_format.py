@@ -130,19 +130,22 @@ def pack_kernel(kernel: TritonKernelArtifacts) -> tuple[list[int], PackedEntry]:
     return offsets, native.backend.pack_entry(blob)
 
 
-def _packed_blobs(bundle: TritonBundle) -> tuple[list[list[int]], list[PackedEntry]]:
-    """Each kernel's file offsets and packed blob. A bundle fresh from a
-    collect carries them (its kernels were packed as they were read), and
-    they are used as they are, provided every artifact still holds the very
-    payload object it was read into; otherwise the blobs are packed here."""
-    kernels = bundle.kernel_artifacts
+def _untouched_collect(bundle: TritonBundle) -> tuple[list[list[int]], list[PackedEntry]] | None:
+    """A bundle fresh from a collect carries each kernel's file offsets and
+    packed blob (its kernels were packed, and their names checked, as they
+    were read). They still describe it while it holds the very kernel and
+    artifact objects it was built with (both are frozen; only the lists
+    could have been changed); then they are returned, else ``None``."""
     pre = bundle._packed
-    if pre is not None:
-        flat = [a.payload for k in kernels for a in k.artifacts]
-        if len(pre[0]) == len(flat) and all(x is y for x, y in zip(pre[0], flat)):
-            return pre[1], pre[2]
-    done = [pack_kernel(k) for k in kernels]
-    return [d[0] for d in done], [d[1] for d in done]
+    if pre is None:
+        return None
+    kernels = bundle.kernel_artifacts
+    if len(kernels) != len(pre[0]) or any(x is not y for x, y in zip(kernels, pre[0])):
+        return None
+    flat = [a for k in kernels for a in k.artifacts]
+    if len(flat) != len(pre[1]) or any(x is not y for x, y in zip(flat, pre[1])):
+        return None
+    return pre[2], pre[3]
 
 
 def check_bundle(bundle: TritonBundle) -> None:
@@ -174,8 +177,12 @@ def _json_bytes(obj: Any) -> bytes:
 
 def encode(bundle: TritonBundle) -> bytes:
     """The bundle file's bytes."""
-    check_bundle(bundle)
-    offsets, blobs = _packed_blobs(bundle)
+    packed = _untouched_collect(bundle)
+    if packed is None:
+        check_bundle(bundle)
+        done = [pack_kernel(k) for k in bundle.kernel_artifacts]
+        packed = [d[0] for d in done], [d[1] for d in done]
+    offsets, blobs = packed
     table = []
     for ki, (k, offs) in enumerate(zip(bundle.kernel_artifacts, offsets)):
         table.append({

@@ -75,6 +75,7 @@ GPU_KERNEL_BIN_EXTS: dict[str, str] = {
     "xpu-ze": ".zebin",
 }
 _BIN_EXTS = frozenset(GPU_KERNEL_BIN_EXTS.values())
+_BIN_EXT_NAMES = frozenset(e[1:] for e in _BIN_EXTS)
 
 # A kernel hash names a directory in the cache: Triton's base32 keys and
 # Inductor's hex keys both fit. "tmp.*" is reserved for in-flight restores.
@@ -280,10 +281,13 @@ class TritonKernelArtifacts:
 
     def kernel_names(self) -> list[str]:
         """Names of the kernels in this directory (stems of binary artifacts)."""
-        return [
-            os.path.splitext(a.filename)[0] for a in self.artifacts
-            if os.path.splitext(a.filename)[1] in _BIN_EXTS
-        ]
+        names = []
+        for a in self.artifacts:
+            stem, dot, ext = a.filename.rpartition(".")
+            # as os.path.splitext: leading dots do not start an extension
+            if dot and ext in _BIN_EXT_NAMES and stem.strip("."):
+                names.append(stem)
+        return names
 
     @property
     def size(self) -> int:
@@ -318,9 +322,10 @@ class TritonBundle:
     pyruntime_version: str = __version__
     content_digest: str | None = dataclasses.field(default=None, compare=False)
     triton_abi: str | None = None
-    # (payload objects, file offsets per kernel, packed blob per kernel) when
-    # a collect packed each kernel as it read it; see bundle_format._packed_blobs
-    _packed: tuple[list[Any], list[list[int]], list[PackedEntry]] | None = dataclasses.field(
+    # (kernel objects, artifact objects, file offsets per kernel, packed blob
+    # per kernel) when a collect packed each kernel as it read and checked
+    # it; see bundle_format._untouched_collect
+    _packed: tuple[list[Any], list[Any], list[list[int]], list[PackedEntry]] | None = dataclasses.field(
         default=None, init=False, repr=False, compare=False)
 
     # -- information ---------------------------------------------------
@@ -642,8 +647,9 @@ def _bundle_of(prepared: list[_PreparedKernel]) -> TritonBundle:
     :func:`pyruntime.bundle_format.encode`."""
     kernels = [p.kernel for p in prepared]
     bundle = TritonBundle(kernels, triton_version=installed_triton_version(), triton_abi=installed_triton_abi())
-    flat = [a.payload for k in kernels for a in k.artifacts]
-    object.__setattr__(bundle, "_packed", (flat, [p.offsets for p in prepared], [p.entry for p in prepared]))
+    flat = [a for k in kernels for a in k.artifacts]
+    object.__setattr__(bundle, "_packed",
+                       (list(kernels), flat, [p.offsets for p in prepared], [p.entry for p in prepared]))
     return bundle
 
 

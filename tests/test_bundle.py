@@ -809,3 +809,27 @@ def test_collect_in_a_forked_child_reads_every_kernel(bundler_state, cache_copy,
         release.set()
         tb.end_compile()
         tb.config.enabled = None
+
+
+def test_a_collected_bundle_changed_after_collect_is_checked_again(kernel_cache):
+    """Saving a fresh collect skips re-checking names (collect checked them)
+    only while it holds the very kernel and artifact objects collect made."""
+    cache_dir, _ = kernel_cache
+    fresh = collect_dir(cache_dir)
+    k = fresh.kernel_artifacts[0]
+    fresh.kernel_artifacts[0] = dataclasses.replace(k, kernel_hash="../evil")
+    with pytest.raises(BundleFormatError, match="not a plain directory name"):
+        fresh.to_bytes()
+    fresh.kernel_artifacts[0] = k
+    k.artifacts.append(TritonKernelArtifact("../x", b"1"))
+    with pytest.raises(BundleFormatError, match="not a plain file name"):
+        fresh.to_bytes()
+    k.artifacts.pop()
+    assert TritonBundle.from_bytes(fresh.to_bytes()) == collect_dir(cache_dir)
+
+
+def test_kernel_names_are_stems_of_binaries_as_splitext_sees_them():
+    files = [".cubin", "..spv", "a.cubin", "b.hsaco", "c.ptx", "x.y.cubin", "z.zebin", "w.spv", "noext", "k.cubin.json"]
+    k = TritonKernelArtifacts("H", 0, [TritonKernelArtifact(f, b"") for f in files])
+    want = [os.path.splitext(f)[0] for f in files if os.path.splitext(f)[1] in (".cubin", ".hsaco", ".spv", ".zebin")]
+    assert k.kernel_names() == want == ["a", "b", "x.y", "z", "w"]
