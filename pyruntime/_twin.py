@@ -385,7 +385,8 @@ def unpack_views(
     data: bytes | bytearray | memoryview, max_entry: int, max_total: int, nthreads: int
 ) -> tuple[list[bytes], list[memoryview], list[str]]:
     """:func:`unpack` as names, read-only views and XXH3-128 hex digests
-    (``nthreads`` is the C side's; the twin runs in one thread)."""
+    (``nthreads`` is the C side's upper bound on threads; the twin runs in
+    one)."""
     del nthreads
     entries = unpack(data, max_entry, max_total)
     return ([n for n, _ in entries], [memoryview(c).toreadonly() for _, c in entries],

@@ -175,8 +175,9 @@ def _json_bytes(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
 
-def encode(bundle: TritonBundle) -> bytes:
-    """The bundle file's bytes."""
+def encode(bundle: TritonBundle) -> Buffer:
+    """The bundle file's bytes (``bytes``, or with the C core a read-only
+    view of the block it packed into; ``bytes(...)`` copies it)."""
     packed = _untouched_collect(bundle)
     if packed is None:
         check_bundle(bundle)
@@ -318,12 +319,23 @@ def parse_kernels(raw: Buffer) -> list[dict[str, Any]]:
             raise _fail(f"kernel {h}: files is not a list")
         names = set()
         for f in files:
-            if not (type(f) is list and len(f) == 4 and _is_uint(f[1]) and _is_uint(f[2]) and _is_uint(f[3])):
+            # inlined _is_uint: this loop runs once per file of the bundle
+            if not (type(f) is list and len(f) == 4 and type(f[1]) is int and type(f[2]) is int
+                    and type(f[3]) is int and f[1] >= 0 and f[2] >= 0 and f[3] >= 0):
                 raise _fail(f"kernel {h}: a file is not [name, blob, offset, size]")
             names.add(check_file_name(f[0], h))
         if len(names) != len(files):
             raise _fail(f"kernel {h}: a file name appears twice")
     return kernels
+
+
+# A thread is worth starting for this much packed data or this many kernels
+# (starting one costs tens of microseconds, unpacking 1 MiB about as much).
+UNPACK_BYTES_PER_THREAD = 256 << 10
+
+
+def _unpack_threads(packed_size: int) -> int:
+    return max(1, min(_env.io_threads(), packed_size // UNPACK_BYTES_PER_THREAD))
 
 
 def _unpack(data: Buffer) -> tuple[list[tuple[str, memoryview]], list[str]]:
@@ -332,7 +344,7 @@ def _unpack(data: Buffer) -> tuple[list[tuple[str, memoryview]], list[str]]:
     (no copy per entry) and each entry's XXH3-128 digest (computed while
     the entry is still in cache)."""
     names, views, digests = native.backend.unpack_views(
-        data, packing.DEFAULT_MAX_ENTRY, packing.DEFAULT_MAX_TOTAL, _env.io_threads())
+        data, packing.DEFAULT_MAX_ENTRY, packing.DEFAULT_MAX_TOTAL, _unpack_threads(len(data)))
     entries = []
     for i, (raw, view) in enumerate(zip(names, views)):
         try:

@@ -350,7 +350,7 @@ class TritonBundle:
         """The data-only bundle file's bytes (docs/FORMAT.md, "Bundle file")."""
         from . import bundle_format
 
-        return bundle_format.encode(self)
+        return bytes(bundle_format.encode(self))
 
     @classmethod
     def from_bytes(cls, data: Buffer) -> "TritonBundle":

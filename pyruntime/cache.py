@@ -75,6 +75,9 @@ from .errors import BundleCompatibilityError
 log = logging.getLogger(__name__)
 
 TMP_PREFIX = "tmp."
+# A writer thread is worth starting for this many kernels (a kernel directory
+# costs tens of microseconds to write, about what starting a thread costs).
+KERNELS_PER_THREAD = 4
 DEFAULT_MAX_AGE_S = 3600.0
 
 # Test-only: called with (kernel_hash, file name) after each file is written
@@ -379,8 +382,8 @@ def restore(
     hook = _after_file_hook
     backend = _twin if hook is not None else native.backend
     for root, todo_here in jobs.items():
-        renamed = backend.write_kernels(root, [j for _, j in todo_here], _env.io_threads(), do_fsync,
-                                        after_file=hook)
+        threads = max(1, min(_env.io_threads(), len(todo_here) // KERNELS_PER_THREAD))
+        renamed = backend.write_kernels(root, [j for _, j in todo_here], threads, do_fsync, after_file=hook)
         for (k, (_, _, files)), ok in zip(todo_here, renamed):
             if ok == 1:
                 result.restored.append(k.kernel_hash)

@@ -204,7 +204,7 @@ class CBackend:
         return _twin.PackedEntry(method[0], len(src), checksum[0], ffi.buffer(dst, stored[0])[:],
                                  ffi.string(hex128).decode())
 
-    def pack_stored(self, items: Sequence[tuple[bytes, _twin.PackedEntry]]) -> bytes:
+    def pack_stored(self, items: Sequence[tuple[bytes, _twin.PackedEntry]]) -> memoryview:
         ffi, lib = self.ffi, self.lib
         n = len(items)
         keep = [(ffi.from_buffer(name), ffi.from_buffer(e.stored)) for name, e in items]
@@ -218,12 +218,13 @@ class CBackend:
         err = ffi.new("prt_err *")
         need = ffi.new("size_t *")
         self.check(lib.prt_pack_stored_len(n, name_lens, stored_sizes, need, err), err, BundleFormatError)
-        out = bytearray(need[0])
+        # every byte is written, and the result is a view (no copy out)
+        out, view = _output_block(ffi, self._scratch, need[0])
         out_len = ffi.new("size_t *")
         rc = lib.prt_pack_stored(n, names, name_lens, methods, raw_sizes, checksums, stored, stored_sizes,
-                                 ffi.from_buffer(out), need[0], out_len, err)
+                                 out, need[0], out_len, err)
         self.check(rc, err, BundleFormatError)
-        return out  # a bytearray: no copy into bytes
+        return view
 
     def unpack_views(self, data: Any, max_entry: int, max_total: int,
                      nthreads: int) -> tuple[list[bytes], list[memoryview], list[str]]:
@@ -237,13 +238,12 @@ class CBackend:
         total = ffi.new("uint64_t *")
         rc = lib.prt_unpack_index(src, len(src), entries, n, max_entry, max_total, total, err)
         self.check(rc, err, BundleFormatError)
-        out = bytearray(total[0])
+        block, mv = _output_block(ffi, self._scratch, total[0])
         hexes = ffi.new("char[]", max(n, 1) * 33)
-        rc = lib.prt_unpack_data_par(src, len(src), entries, n, ffi.from_buffer(out), len(out),
+        rc = lib.prt_unpack_data_par(src, len(src), entries, n, block, total[0],
                                      max(1, nthreads), hexes, err)
         self.check(rc, err, BundleFormatError)
         raw = memoryview(data).cast("B")
-        mv = memoryview(out).toreadonly()
         digests = ffi.buffer(hexes, n * 33)[:]
         names, views, hexs = [], [], []
         for i in range(n):
@@ -289,6 +289,32 @@ class CBackend:
         rc = lib.prt_write_kernels(os.fsencode(root), cjobs, len(jobs), max(1, nthreads), int(do_fsync), err)
         self.check(rc, err, OSError)
         return [cjobs[j].renamed for j in range(len(jobs))]
+
+
+HUGE_OUTPUT = 8 << 20
+
+
+def _output_block(ffi: Any, scratch: Any, size: int) -> tuple[Any, memoryview]:
+    """Memory for ``size`` bytes that C fills completely, and a read-only
+    view of it that keeps it alive.
+
+    Not a bytearray: that writes every page once (zero-fill) before the
+    decompression writes it again. A large block is an anonymous mapping
+    asking for transparent huge pages, since at 4 KiB per page fault a
+    64 MiB bundle spends more time faulting than decompressing (private:
+    Python's default shared mapping is tmpfs-backed and slower still)."""
+    if size >= HUGE_OUTPUT:
+        import mmap
+
+        m = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        if hasattr(m, "madvise") and hasattr(mmap, "MADV_HUGEPAGE"):
+            try:
+                m.madvise(mmap.MADV_HUGEPAGE)
+            except OSError:
+                pass  # no transparent huge pages here: 4 KiB pages it is
+        return ffi.from_buffer(m), memoryview(m).toreadonly()
+    block = scratch("uint8_t[]", max(size, 1))
+    return block, memoryview(ffi.buffer(block, size)).toreadonly()
 
 
 def _load_c() -> CBackend | None:

@@ -195,6 +195,23 @@ def test_unpack_views_matches_unpack(backend, nthreads):
     assert again[0] == names and [bytes(v) for v in again[1]] == [d for _, d in entries]
 
 
+@pytest.mark.parametrize("huge_from", [native.HUGE_OUTPUT, 1])
+def test_large_outputs_go_to_their_own_mapping_and_read_the_same(monkeypatch, huge_from):
+    """Unpacked data and packed containers of HUGE_OUTPUT bytes or more live
+    in a private anonymous mapping (huge pages asked for) instead of the
+    heap: same bytes, read-only views that keep the mapping alive."""
+    c = _c()
+    monkeypatch.setattr(native, "HUGE_OUTPUT", huge_from)
+    big = (b"%08d some compressible kernel text\n" % 7) * ((9 << 20) // 40)
+    entries = [(b"big", big), (b"small", b"x" * 100), (b"empty", b"")]
+    blob = c.pack_stored([(n, c.pack_entry(d)) for n, d in entries])
+    assert blob.readonly and bytes(blob) == PY.pack(entries)
+    names, views, digests = c.unpack_views(blob, *LIMITS, 4)
+    del blob  # the views must not depend on it
+    assert [(n, bytes(v)) for n, v in zip(names, views)] == entries
+    assert all(v.readonly for v in views) and digests[0] == hashing.hash_bytes(big)
+
+
 def test_unpack_views_agree_across_backends():
     c, py = _both()
     _, blob = _mixed_container(17)
