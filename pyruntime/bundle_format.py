@@ -59,6 +59,7 @@ from .bundler import (
     check_target,
     check_abi,
     check_version,
+    mark_checked,
 )
 from .errors import BundleFormatError
 from .hashing import hash_bytes
@@ -130,22 +131,27 @@ def pack_kernel(kernel: TritonKernelArtifacts) -> tuple[list[int], PackedEntry]:
     return offsets, native.backend.pack_entry(blob)
 
 
-def _untouched_collect(bundle: TritonBundle) -> tuple[list[list[int]], list[PackedEntry]] | None:
-    """A bundle fresh from a collect carries each kernel's file offsets and
-    packed blob (its kernels were packed, and their names checked, as they
-    were read). They still describe it while it holds the very kernel and
-    artifact objects it was built with (both are frozen; only the lists
-    could have been changed); then they are returned, else ``None``."""
-    pre = bundle._packed
+def is_checked(bundle: TritonBundle) -> bool:
+    """Whether ``bundle`` still holds the very kernel and artifact objects a
+    collect or a decode checked (both are frozen, only the lists could have
+    changed); then :func:`check_bundle` would find nothing new."""
+    pre = bundle._checked
     if pre is None:
-        return None
+        return False
     kernels = bundle.kernel_artifacts
     if len(kernels) != len(pre[0]) or any(x is not y for x, y in zip(kernels, pre[0])):
-        return None
+        return False
     flat = [a for k in kernels for a in k.artifacts]
-    if len(flat) != len(pre[1]) or any(x is not y for x, y in zip(flat, pre[1])):
+    return len(flat) == len(pre[1]) and all(x is y for x, y in zip(flat, pre[1]))
+
+
+def _untouched_collect(bundle: TritonBundle) -> tuple[list[list[int]], list[PackedEntry]] | None:
+    """The file offsets and packed blob of each kernel of a bundle fresh from
+    a collect (its kernels were packed as they were read), while it is
+    unchanged; else ``None``."""
+    if bundle._packed is None or not is_checked(bundle):
         return None
-    return pre[2], pre[3]
+    return bundle._packed
 
 
 def check_bundle(bundle: TritonBundle) -> None:
@@ -329,22 +335,13 @@ def parse_kernels(raw: Buffer) -> list[dict[str, Any]]:
     return kernels
 
 
-# A thread is worth starting for this much packed data or this many kernels
-# (starting one costs tens of microseconds, unpacking 1 MiB about as much).
-UNPACK_BYTES_PER_THREAD = 256 << 10
-
-
-def _unpack_threads(packed_size: int) -> int:
-    return max(1, min(_env.io_threads(), packed_size // UNPACK_BYTES_PER_THREAD))
-
-
 def _unpack(data: Buffer) -> tuple[list[tuple[str, memoryview]], list[str]]:
     """:func:`pyruntime.packing.unpack` with the same checks, on
     ``PYRUNTIME_IO_THREADS`` threads, giving read-only views into one buffer
     (no copy per entry) and each entry's XXH3-128 digest (computed while
     the entry is still in cache)."""
     names, views, digests = native.backend.unpack_views(
-        data, packing.DEFAULT_MAX_ENTRY, packing.DEFAULT_MAX_TOTAL, _unpack_threads(len(data)))
+        data, packing.DEFAULT_MAX_ENTRY, packing.DEFAULT_MAX_TOTAL, _env.io_threads())
     entries = []
     for i, (raw, view) in enumerate(zip(names, views)):
         try:
@@ -401,8 +398,10 @@ def decode(data: Buffer) -> TritonBundle:
     for k in kernels:
         arts = [TritonKernelArtifact(name, blobs[blob][off:off + size]) for name, blob, off, size in k["files"]]
         out.append(TritonKernelArtifacts(k["hash"], k["device"], arts, k["target"], k["triton_version"]))
-    return TritonBundle(out, header["triton_version"], header["pyruntime_version"], header["content_digest"],
-                        triton_abi=header.get("triton_abi"))
+    bundle = TritonBundle(out, header["triton_version"], header["pyruntime_version"], header["content_digest"],
+                          triton_abi=header.get("triton_abi"))
+    mark_checked(bundle)
+    return bundle
 
 
 def read_file(path: str | os.PathLike[str]) -> bytes:

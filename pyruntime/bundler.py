@@ -322,10 +322,15 @@ class TritonBundle:
     pyruntime_version: str = __version__
     content_digest: str | None = dataclasses.field(default=None, compare=False)
     triton_abi: str | None = None
-    # (kernel objects, artifact objects, file offsets per kernel, packed blob
-    # per kernel) when a collect packed each kernel as it read and checked
-    # it; see bundle_format._untouched_collect
-    _packed: tuple[list[Any], list[Any], list[list[int]], list[PackedEntry]] | None = dataclasses.field(
+    # (kernel objects, artifact objects) that were checked as they were read
+    # (by a collect or a decode), so saving or restoring them need not check
+    # them again while the bundle holds those very objects; see
+    # bundle_format.is_checked
+    _checked: tuple[list[Any], list[Any]] | None = dataclasses.field(
+        default=None, init=False, repr=False, compare=False)
+    # (file offsets per kernel, packed blob per kernel) when a collect packed
+    # each kernel as it read it; valid while _checked is
+    _packed: tuple[list[list[int]], list[PackedEntry]] | None = dataclasses.field(
         default=None, init=False, repr=False, compare=False)
 
     # -- information ---------------------------------------------------
@@ -642,14 +647,20 @@ def _prepare_many(items: list[tuple[str, str, int, bool]]) -> list[_PreparedKern
     return [p for p in results if p is not None]
 
 
+def mark_checked(bundle: TritonBundle) -> None:
+    """Note that ``bundle``'s kernels and artifacts, as they are now, passed
+    the checks of :func:`pyruntime.bundle_format.check_bundle`."""
+    kernels = list(bundle.kernel_artifacts)
+    object.__setattr__(bundle, "_checked", (kernels, [a for k in kernels for a in k.artifacts]))
+
+
 def _bundle_of(prepared: list[_PreparedKernel]) -> TritonBundle:
     """The bundle of prepared kernels, carrying their packed blobs for
     :func:`pyruntime.bundle_format.encode`."""
     kernels = [p.kernel for p in prepared]
     bundle = TritonBundle(kernels, triton_version=installed_triton_version(), triton_abi=installed_triton_abi())
-    flat = [a for k in kernels for a in k.artifacts]
-    object.__setattr__(bundle, "_packed",
-                       (list(kernels), flat, [p.offsets for p in prepared], [p.entry for p in prepared]))
+    mark_checked(bundle)
+    object.__setattr__(bundle, "_packed", ([p.offsets for p in prepared], [p.entry for p in prepared]))
     return bundle
 
 

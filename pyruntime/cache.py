@@ -324,9 +324,10 @@ def restore(
     """Write ``bundle``'s kernels into ``cache_dir`` (default: the Triton
     cache directory of each kernel's device). See the module docstring for
     the guarantees and the ``on_mismatch``/``target`` policy."""
-    from .bundle_format import check_bundle
+    from .bundle_format import check_bundle, is_checked
 
-    check_bundle(bundle)
+    if not is_checked(bundle):  # a bundle just loaded or collected was checked then
+        check_bundle(bundle)
     check_target(target)
     policy = _policy(on_mismatch)
     do_fsync = _env.fsync_enabled() if fsync is None else bool(fsync)

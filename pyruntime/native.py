@@ -240,8 +240,10 @@ class CBackend:
         self.check(rc, err, BundleFormatError)
         block, mv = _output_block(ffi, self._scratch, total[0])
         hexes = ffi.new("char[]", max(n, 1) * 33)
-        rc = lib.prt_unpack_data_par(src, len(src), entries, n, block, total[0],
-                                     max(1, nthreads), hexes, err)
+        # a thread per UNPACK_PER_THREAD raw bytes, up to nthreads: starting
+        # one costs about what decompressing that much does
+        threads = max(1, min(nthreads, total[0] // UNPACK_PER_THREAD))
+        rc = lib.prt_unpack_data_par(src, len(src), entries, n, block, total[0], threads, hexes, err)
         self.check(rc, err, BundleFormatError)
         raw = memoryview(data).cast("B")
         digests = ffi.buffer(hexes, n * 33)[:]
@@ -291,7 +293,8 @@ class CBackend:
         return [cjobs[j].renamed for j in range(len(jobs))]
 
 
-HUGE_OUTPUT = 8 << 20
+HUGE_OUTPUT = 8 << 20  # unpacked bundles this large go to their own mapping
+UNPACK_PER_THREAD = 384 << 10  # raw bytes worth a thread of their own
 
 
 def _output_block(ffi: Any, scratch: Any, size: int) -> tuple[Any, memoryview]:

@@ -833,3 +833,27 @@ def test_kernel_names_are_stems_of_binaries_as_splitext_sees_them():
     k = TritonKernelArtifacts("H", 0, [TritonKernelArtifact(f, b"") for f in files])
     want = [os.path.splitext(f)[0] for f in files if os.path.splitext(f)[1] in (".cubin", ".hsaco", ".spv", ".zebin")]
     assert k.kernel_names() == want == ["a", "b", "x.y", "z", "w"]
+
+
+def test_a_loaded_bundle_changed_after_load_is_checked_again_on_restore(bundle_file_for_checks, tmp_path):
+    """Restore skips re-checking a bundle load just checked only while it
+    holds the very objects load made."""
+    loaded = TritonBundle.load(bundle_file_for_checks)
+    k = loaded.kernel_artifacts[0]
+    loaded.kernel_artifacts[0] = dataclasses.replace(k, kernel_hash="../evil")
+    with pytest.raises(BundleFormatError, match="not a plain directory name"):
+        loaded.restore(str(tmp_path / "a"))
+    loaded.kernel_artifacts[0] = k
+    k.artifacts.append(TritonKernelArtifact("../x", b"1"))
+    with pytest.raises(BundleFormatError, match="not a plain file name"):
+        loaded.restore(str(tmp_path / "b"))
+    assert not (tmp_path / "a").exists() or not os.listdir(tmp_path / "a")
+    k.artifacts.pop()
+    assert len(loaded.restore(str(tmp_path / "c"), on_mismatch="force").restored) == len(loaded)
+
+
+@pytest.fixture
+def bundle_file_for_checks(kernel_cache, tmp_path):
+    path = tmp_path / "k.prtb"
+    collect_dir(kernel_cache[0]).save(path)
+    return path
