@@ -250,8 +250,6 @@ int prt_pack_stored(size_t n, const char *const *names, const size_t *name_lens,
     int rc = prt_pack_stored_len(n, name_lens, stored_sizes, &need, err);
     if (rc != 0)
         return rc;
-    if (out_cap < need)
-        return prt_fail(err, -ENOBUFS, "output buffer smaller than the packed length");
     size_t index_len = 0;
     for (size_t i = 0; i < n; i++) {
         rc = check_name((const uint8_t *)names[i], name_lens[i], i, err);
@@ -266,18 +264,23 @@ int prt_pack_stored(size_t n, const char *const *names, const size_t *name_lens,
     rc = check_pack_duplicates(n, names, name_lens, err);
     if (rc != 0)
         return rc;
+    /* stored NULL: header and index only, the caller writes the blocks
+     * after them itself (a file write from the blocks, no copy) */
+    size_t want = stored == NULL ? PRT_PACK_HEADER_SIZE + index_len : need;
+    if (out_cap < want)
+        return prt_fail(err, -ENOBUFS, "output buffer smaller than the packed length");
     uint8_t *rec = out + PRT_PACK_HEADER_SIZE;
     uint8_t *data = rec + index_len;
     size_t data_len = 0;
     for (size_t i = 0; i < n; i++) {
         rec = put_record(rec, names[i], name_lens[i], methods[i], raw_sizes[i],
                          stored_sizes[i], checksums[i]);
-        if (stored_sizes[i] > 0)
+        if (stored != NULL && stored_sizes[i] > 0)
             memcpy(data + data_len, stored[i], stored_sizes[i]);
         data_len += stored_sizes[i];
     }
     put_header(out, n, index_len, data_len);
-    *out_len = need;
+    *out_len = want;
     return 0;
 }
 

@@ -87,6 +87,8 @@ int prt_pack_entry(const uint8_t *src, size_t len, uint8_t *dst, size_t cap,
                    char *hex128, prt_err *err);
 int prt_pack_stored_len(size_t n, const size_t *name_lens, const size_t *stored_sizes,
                         size_t *out_len, prt_err *err);
+/* stored NULL: write only the header and index (the blocks follow them, in
+ * order, wherever the caller puts them); *out_len is then their length. */
 int prt_pack_stored(size_t n, const char *const *names, const size_t *name_lens,
                     const uint8_t *methods, const uint64_t *raw_sizes,
                     const uint64_t *checksums, const uint8_t *const *stored,

@@ -364,7 +364,10 @@ def _check_stored(i: int, e: PackedEntry) -> None:
         raise BundleFormatError(f"entry {i}: {e.raw_size} bytes is over the {LZ4_MAX_INPUT}-byte LZ4 block limit")
 
 
-def pack_stored(items: Sequence[tuple[bytes, PackedEntry]]) -> bytes:
+def pack_stored(items: Sequence[tuple[bytes, PackedEntry]], *, head_only: bool = False) -> bytes:
+    """The container of entries packed ahead (:func:`pack_entry`); with
+    ``head_only`` just its header and index, which the stored blocks follow
+    in order."""
     for i, (name, e) in enumerate(items):
         check_name(name, i)
         _check_stored(i, e)
@@ -378,6 +381,8 @@ def pack_stored(items: Sequence[tuple[bytes, PackedEntry]]) -> bytes:
         index += INDEX_REC.pack(len(name), e.method, 0, e.raw_size, len(e.stored), e.checksum) + name
         data_len += len(e.stored)
     header = PACK_HEADER.pack(PACK_MAGIC, PACK_VERSION, 0, len(items), len(index), data_len, _xxh3_64(bytes(index)))
+    if head_only:
+        return header + bytes(index)
     return b"".join([header, index, *(e.stored for _, e in items)])
 
 

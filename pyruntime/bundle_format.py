@@ -181,9 +181,10 @@ def _json_bytes(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
 
-def encode(bundle: TritonBundle) -> Buffer:
-    """The bundle file's bytes (``bytes``, or with the C core a read-only
-    view of the block it packed into; ``bytes(...)`` copies it)."""
+def encode_parts(bundle: TritonBundle) -> list[Buffer]:
+    """The bundle file as pieces to write back to back: the container's
+    header and index, then the packed entries (the kernel blobs as packed,
+    not copied into one buffer)."""
     packed = _untouched_collect(bundle)
     if packed is None:
         check_bundle(bundle)
@@ -219,7 +220,12 @@ def encode(bundle: TritonBundle) -> Buffer:
         (KERNELS_NAME.encode(), pack_entry(kernels_json)),
     ]
     entries += [(f"{BLOB_PREFIX}{i}".encode(), b) for i, b in enumerate(blobs)]
-    return native.backend.pack_stored(entries)
+    return [native.backend.pack_stored(entries, head_only=True), *(e.stored for _, e in entries)]
+
+
+def encode(bundle: TritonBundle) -> bytes:
+    """The bundle file's bytes."""
+    return b"".join(encode_parts(bundle))
 
 
 def save(bundle: TritonBundle, path: str | os.PathLike[str]) -> int:
@@ -228,9 +234,9 @@ def save(bundle: TritonBundle, path: str | os.PathLike[str]) -> int:
     The bytes go to a temporary file next to ``path`` that is renamed onto
     it, so ``path`` never holds a partial bundle. An existing ``path`` is
     unlinked just before the rename (see :func:`pyruntime._atomic.write_atomic`)."""
-    data = encode(bundle)
-    write_atomic(path, data, unlink_first=True)
-    return len(data)
+    parts = encode_parts(bundle)
+    write_atomic(path, parts, unlink_first=True)
+    return sum(len(p) for p in parts)
 
 
 # --------------------------------------------------------------------------

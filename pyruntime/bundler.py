@@ -355,7 +355,7 @@ class TritonBundle:
         """The data-only bundle file's bytes (docs/FORMAT.md, "Bundle file")."""
         from . import bundle_format
 
-        return bytes(bundle_format.encode(self))
+        return bundle_format.encode(self)
 
     @classmethod
     def from_bytes(cls, data: Buffer) -> "TritonBundle":

@@ -204,9 +204,11 @@ class CBackend:
         return _twin.PackedEntry(method[0], len(src), checksum[0], ffi.buffer(dst, stored[0])[:],
                                  ffi.string(hex128).decode())
 
-    def pack_stored(self, items: Sequence[tuple[bytes, _twin.PackedEntry]]) -> memoryview:
+    def pack_stored(self, items: Sequence[tuple[bytes, _twin.PackedEntry]], *, head_only: bool = False) -> Any:
         ffi, lib = self.ffi, self.lib
         n = len(items)
+        if head_only:
+            return self._pack_head(items)
         keep = [(ffi.from_buffer(name), ffi.from_buffer(e.stored)) for name, e in items]
         names = ffi.new("char *[]", [k[0] for k in keep]) if n else ffi.NULL
         name_lens = ffi.new("size_t[]", [len(k[0]) for k in keep]) if n else ffi.NULL
@@ -225,6 +227,25 @@ class CBackend:
                                  out, need[0], out_len, err)
         self.check(rc, err, BundleFormatError)
         return view
+
+    def _pack_head(self, items: Sequence[tuple[bytes, _twin.PackedEntry]]) -> bytes:
+        ffi, lib = self.ffi, self.lib
+        n = len(items)
+        keep = [ffi.from_buffer(name) for name, _ in items]
+        names = ffi.new("char *[]", keep) if n else ffi.NULL
+        name_lens = ffi.new("size_t[]", [len(k) for k in keep]) if n else ffi.NULL
+        stored_sizes = ffi.new("size_t[]", [len(e.stored) for _, e in items]) if n else ffi.NULL
+        methods = ffi.new("uint8_t[]", [e.method for _, e in items]) if n else ffi.NULL
+        raw_sizes = ffi.new("uint64_t[]", [e.raw_size for _, e in items]) if n else ffi.NULL
+        checksums = ffi.new("uint64_t[]", [e.checksum for _, e in items]) if n else ffi.NULL
+        cap = lib.PRT_PACK_HEADER_SIZE + sum(_twin.INDEX_REC.size + len(k) for k in keep)
+        out = ffi.new("uint8_t[]", cap)
+        out_len = ffi.new("size_t *")
+        err = ffi.new("prt_err *")
+        rc = lib.prt_pack_stored(n, names, name_lens, methods, raw_sizes, checksums, ffi.NULL, stored_sizes,
+                                 out, cap, out_len, err)
+        self.check(rc, err, BundleFormatError)
+        return ffi.buffer(out, out_len[0])[:]
 
     def unpack_views(self, data: Any, max_entry: int, max_total: int,
                      nthreads: int) -> tuple[list[bytes], list[memoryview], list[str]]:

@@ -542,3 +542,27 @@ def test_sigkill_mid_c_restore_leaves_only_complete_kernels(tmp_path):
     assert _tree(root) == {f"{h}/{f}": d for h, files in want.items() for f, d in files.items()}
     left = cache.clean(root, max_age=None)
     assert left.removed == [] and left.kept == []
+
+
+def test_pack_stored_head_only_is_the_container_without_its_blocks():
+    """head_only gives the header and index; the stored blocks written after
+    them in order make the very container pack_stored builds (how a bundle
+    save writes a file without assembling it in memory first)."""
+    entries, _ = _mixed_container(23)
+    for b in BACKENDS:
+        items = [(n, b.pack_entry(d)) for n, d in entries]
+        head = b.pack_stored(items, head_only=True)
+        assert head + b"".join(bytes(e.stored) for _, e in items) == bytes(b.pack_stored(items)) == PY.pack(entries)
+        assert head == PY.pack_stored(items, head_only=True)
+    with pytest.raises(BundleFormatError, match="duplicate entry name"):
+        BACKENDS[0].pack_stored([(b"a", PY.pack_entry(b"x")), (b"a", PY.pack_entry(b"y"))], head_only=True)
+
+
+def test_write_atomic_writes_many_buffers_back_to_back(tmp_path):
+    from pyruntime._atomic import write_atomic
+
+    parts = [os.urandom(i % 97) for i in range(1500)] + [memoryview(b"tail" * 5000)]
+    path = tmp_path / "f"
+    write_atomic(path, parts)
+    assert path.read_bytes() == b"".join(bytes(p) for p in parts)
+    assert os.listdir(tmp_path) == ["f"]
