@@ -86,7 +86,6 @@ DEFAULT_MAX_AGE_S = 3600.0
 _after_file_hook: Callable[[str, str], None] | None = None
 
 
-
 @dataclasses.dataclass
 class RestoreResult:
     """What :func:`restore` did, per kernel hash."""
