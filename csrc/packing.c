@@ -144,6 +144,24 @@ static int check_pack_duplicates(size_t n, const char *const *names,
     return rc;
 }
 
+/* Every name plain, none twice, and the index they make within its u32
+ * length: what unpack checks of an index, for the packers. */
+static int check_index(size_t n, const char *const *names, const size_t *name_lens,
+                       size_t *index_len, prt_err *err)
+{
+    size_t len = 0;
+    for (size_t i = 0; i < n; i++) {
+        int rc = check_name((const uint8_t *)names[i], name_lens[i], i, err);
+        if (rc != 0)
+            return rc;
+        len += INDEX_REC + name_lens[i];
+    }
+    if (len > UINT32_MAX)
+        return prt_fail(err, PRT_E_TOO_LARGE, "index over 4 GiB");
+    *index_len = len;
+    return check_pack_duplicates(n, names, name_lens, err);
+}
+
 int prt_pack(size_t n, const char *const *names, const size_t *name_lens,
              const uint8_t *const *datas, const size_t *sizes,
              uint8_t *out, size_t out_cap, size_t *out_len, prt_err *err)
@@ -155,15 +173,7 @@ int prt_pack(size_t n, const char *const *names, const size_t *name_lens,
     if (out_cap < bound)
         return prt_fail(err, -ENOBUFS, "output buffer smaller than the bound");
     size_t index_len = 0;
-    for (size_t i = 0; i < n; i++) {
-        rc = check_name((const uint8_t *)names[i], name_lens[i], i, err);
-        if (rc != 0)
-            return rc;
-        index_len += INDEX_REC + name_lens[i];
-    }
-    if (index_len > UINT32_MAX)
-        return prt_fail(err, PRT_E_TOO_LARGE, "index over 4 GiB");
-    rc = check_pack_duplicates(n, names, name_lens, err);
+    rc = check_index(n, names, name_lens, &index_len, err);
     if (rc != 0)
         return rc;
 
@@ -250,18 +260,14 @@ int prt_pack_stored(size_t n, const char *const *names, const size_t *name_lens,
     int rc = prt_pack_stored_len(n, name_lens, stored_sizes, &need, err);
     if (rc != 0)
         return rc;
-    size_t index_len = 0;
+    /* the blocks first, then the names: prt_pack's order (sizes, names) */
     for (size_t i = 0; i < n; i++) {
-        rc = check_name((const uint8_t *)names[i], name_lens[i], i, err);
-        if (rc == 0)
-            rc = check_stored(i, methods[i], raw_sizes[i], stored_sizes[i], err);
+        rc = check_stored(i, methods[i], raw_sizes[i], stored_sizes[i], err);
         if (rc != 0)
             return rc;
-        index_len += INDEX_REC + name_lens[i];
     }
-    if (index_len > UINT32_MAX)
-        return prt_fail(err, PRT_E_TOO_LARGE, "index over 4 GiB");
-    rc = check_pack_duplicates(n, names, name_lens, err);
+    size_t index_len = 0;
+    rc = check_index(n, names, name_lens, &index_len, err);
     if (rc != 0)
         return rc;
     /* stored NULL: header and index only, the caller writes the blocks

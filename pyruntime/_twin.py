@@ -368,9 +368,11 @@ def pack_stored(items: Sequence[tuple[bytes, PackedEntry]], *, head_only: bool =
     """The container of entries packed ahead (:func:`pack_entry`); with
     ``head_only`` just its header and index, which the stored blocks follow
     in order."""
-    for i, (name, e) in enumerate(items):
-        check_name(name, i)
+    # packing.c's order: every block, then every name, then duplicates
+    for i, (_, e) in enumerate(items):
         _check_stored(i, e)
+    for i, (name, _) in enumerate(items):
+        check_name(name, i)
     ordered = sorted(name for name, _ in items)
     for a, b in zip(ordered, ordered[1:]):
         if a == b:

@@ -162,7 +162,9 @@ class CBackend:
         self.check(rc, err, BundleFormatError)
         return ffi.buffer(out, out_len[0])[:]
 
-    def unpack(self, data: Any, max_entry: int, max_total: int) -> list[tuple[bytes, bytes]]:
+    def _unpack_index(self, data: Any, max_entry: int, max_total: int) -> tuple[Any, Any, int, Any, Any]:
+        """Check a container's header and index: (source, entries, count,
+        total raw size, error struct)."""
         ffi, lib = self.ffi, self.lib
         src = ffi.from_buffer(data)
         err = ffi.new("prt_err *")
@@ -173,6 +175,11 @@ class CBackend:
         total = ffi.new("uint64_t *")
         rc = lib.prt_unpack_index(src, len(src), entries, n, max_entry, max_total, total, err)
         self.check(rc, err, BundleFormatError)
+        return src, entries, n, total, err
+
+    def unpack(self, data: Any, max_entry: int, max_total: int) -> list[tuple[bytes, bytes]]:
+        ffi, lib = self.ffi, self.lib
+        src, entries, n, total, err = self._unpack_index(data, max_entry, max_total)
         out = self._scratch("uint8_t[]", max(total[0], 1))
         rc = lib.prt_unpack_data(src, len(src), entries, n, out, total[0], err)
         self.check(rc, err, BundleFormatError)
@@ -250,15 +257,7 @@ class CBackend:
     def unpack_views(self, data: Any, max_entry: int, max_total: int,
                      nthreads: int) -> tuple[list[bytes], list[memoryview], list[str]]:
         ffi, lib = self.ffi, self.lib
-        src = ffi.from_buffer(data)
-        err = ffi.new("prt_err *")
-        count = ffi.new("uint32_t *")
-        self.check(lib.prt_unpack_count(src, len(src), count, err), err, BundleFormatError)
-        n = count[0]
-        entries = ffi.new("prt_entry[]", max(n, 1))
-        total = ffi.new("uint64_t *")
-        rc = lib.prt_unpack_index(src, len(src), entries, n, max_entry, max_total, total, err)
-        self.check(rc, err, BundleFormatError)
+        src, entries, n, total, err = self._unpack_index(data, max_entry, max_total)
         block, mv = _output_block(ffi, self._scratch, total[0])
         hexes = ffi.new("char[]", max(n, 1) * 33)
         # a thread per UNPACK_PER_THREAD raw bytes, up to nthreads: starting
