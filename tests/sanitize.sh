@@ -34,7 +34,7 @@ cp -r "$ROOT/csrc" "$SRC/csrc"
 tar -C "$ROOT" --exclude='*.so' --exclude='__pycache__' --exclude='_native.c' -cf - pyruntime | tar -C "$SRC" -xf -
 cp "$ROOT/pyproject.toml" "$SRC/"
 cp "$ROOT/docs/FORMAT.md" "$SRC/docs/"
-cp "$ROOT/tests/conftest.py" "$ROOT/tests/_limits.py" "$SRC/tests/"
+cp "$ROOT/tests/conftest.py" "$ROOT/tests/_limits.py" "$ROOT/tests/_trees.py" "$SRC/tests/"
 for t in "${TESTS[@]}"; do cp "$ROOT/tests/$t" "$SRC/tests/"; done
 
 echo "== building the sanitized C module in $SRC"

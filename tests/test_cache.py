@@ -15,6 +15,8 @@ import time
 
 import pytest
 
+from _trees import litter as _litter, tree as _tree
+
 import bundle_kernels
 import pyruntime
 from pyruntime import bundler, cache
@@ -53,20 +55,6 @@ def _expected_files(bundle: TritonBundle, cache_dir: str) -> dict[str, bytes]:
                 data = data.replace(b"[REPLACE]", json.dumps(kdir)[1:-1].encode())
             out[f"{k.kernel_hash}/{a.filename}"] = data
     return out
-
-
-def _tree(root: str) -> dict[str, bytes]:
-    out = {}
-    for dirpath, _, filenames in os.walk(root):
-        for f in filenames:
-            p = os.path.join(dirpath, f)
-            with open(p, "rb") as fh:
-                out[os.path.relpath(p, root)] = fh.read()
-    return out
-
-
-def _litter(root: str) -> list[str]:
-    return sorted(n for n in os.listdir(root) if n.startswith("tmp."))
 
 
 # --------------------------------------------------------------------------

@@ -22,6 +22,8 @@ import time
 
 import pytest
 
+from _trees import litter as _litter, tree as _tree
+
 from pyruntime import cache, hashing, native
 from pyruntime._twin import FileChanged, PackedEntry
 from pyruntime.bundler import TritonBundle, TritonKernelArtifact, TritonKernelArtifacts, load_bundle
@@ -64,20 +66,6 @@ def _data_offsets(blob: bytes) -> list[tuple[bytes, int, int, int]]:
         pos += name_len
         data += stored
     return out
-
-
-def _tree(root: str) -> dict[str, bytes]:
-    out = {}
-    for dirpath, _, filenames in os.walk(root):
-        for f in filenames:
-            p = os.path.join(dirpath, f)
-            with open(p, "rb") as fh:
-                out[os.path.relpath(p, root)] = fh.read()
-    return out
-
-
-def _litter(root: str) -> list[str]:
-    return sorted(n for n in os.listdir(root) if n.startswith("tmp."))
 
 
 COMPRESSIBLE = b"triton kernel metadata " * 2000
