@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -27,6 +28,9 @@
 typedef struct {
     int root_fd;
     const char *root;
+    const prt_file_table *t;
+    const char *const *file_names;  /* table names, split */
+    const char *const *job_names;   /* per job: tmp name, final name */
     prt_kernel_job *jobs;
     int do_fsync;
 } write_ctx;
@@ -55,39 +59,96 @@ static int write_all(int fd, const uint8_t *data, size_t len)
     return 0;
 }
 
-/* Create one file in the temporary directory; *created says whether it
- * exists now (so a failure can remove it). */
-static int write_one(const write_ctx *c, int dir_fd, const prt_kernel_job *job,
-                     uint32_t i, int *created, prt_err *err)
+static int ends_with(const char *s, const char *suffix)
 {
-    const char *name = job->names[i];
+    size_t n = strlen(s), m = strlen(suffix);
+    return n >= m && memcmp(s + n - m, suffix, m) == 0;
+}
+
+/* Write data to fd with every sentinel swapped for prefix + final_name,
+ * left to right, as Python's bytes.replace does. Only .json files carry
+ * the sentinel, and they are small, so the swapped copy is built whole. */
+static int write_swapped(const prt_file_table *t, const char *final_name, int fd,
+                         const uint8_t *data, size_t len, size_t *written)
+{
+    size_t count = 0;
+    for (const uint8_t *p = data, *end = data + len;
+         (p = memmem(p, (size_t)(end - p), t->sentinel, t->sentinel_len)) != NULL;
+         p += t->sentinel_len)
+        count++;
+    *written = len;
+    if (count == 0)
+        return write_all(fd, data, len);
+    size_t final_len = strlen(final_name);
+    size_t repl_len = t->prefix_len + final_len;
+    /* len >= count * sentinel_len, so only the growth can overflow */
+    if (repl_len > t->sentinel_len && (repl_len - t->sentinel_len) > (SIZE_MAX - len) / count)
+        return -EOVERFLOW;
+    size_t out_len = len - count * t->sentinel_len + count * repl_len;
+    uint8_t *out = malloc(out_len ? out_len : 1);
+    if (out == NULL)
+        return -ENOMEM;
+    *written = out_len;
+    uint8_t *o = out;
+    const uint8_t *p = data, *end = data + len, *hit;
+    while ((hit = memmem(p, (size_t)(end - p), t->sentinel, t->sentinel_len)) != NULL) {
+        memcpy(o, p, (size_t)(hit - p));
+        o += hit - p;
+        memcpy(o, t->prefix, t->prefix_len);
+        o += t->prefix_len;
+        memcpy(o, final_name, final_len);
+        o += final_len;
+        p = hit + t->sentinel_len;
+    }
+    memcpy(o, p, (size_t)(end - p));
+    int rc = write_all(fd, out, out_len);
+    free(out);
+    return rc;
+}
+
+/* Create file i of the table in the temporary directory; *created says
+ * whether it exists now (so a failure can remove it). */
+static int write_one(const write_ctx *c, int dir_fd, prt_kernel_job *job, const char *tmp_name,
+                     const char *final_name, uint64_t i, int *created, prt_err *err)
+{
+    const prt_file_table *t = c->t;
+    const char *name = c->file_names[i];
+    const uint8_t *data = t->blobs[t->blob_of[i]] + t->offs[i];
+    size_t len = (size_t)t->sizes[i];
     int fd = openat(dir_fd, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
     if (fd < 0)
-        return io_fail(err, errno, c->root, job->tmp_name, name, "create");
+        return io_fail(err, errno, c->root, tmp_name, name, "create");
     *created = 1;
-    int rc = write_all(fd, job->datas[i], job->sizes[i]);
+    int rc;
+    size_t written = len;
+    if (t->sentinel_len > 0 && ends_with(name, ".json"))
+        rc = write_swapped(t, final_name, fd, data, len, &written);
+    else
+        rc = write_all(fd, data, len);
     if (rc != 0) {
         close(fd);
-        return io_fail(err, -rc, c->root, job->tmp_name, name, "write");
+        return io_fail(err, -rc, c->root, tmp_name, name, "write");
     }
     if (c->do_fsync && fsync(fd) != 0) {
         int e = errno;
         close(fd);
-        return io_fail(err, e, c->root, job->tmp_name, name, "fsync");
+        return io_fail(err, e, c->root, tmp_name, name, "fsync");
     }
     if (close(fd) != 0)
-        return io_fail(err, errno, c->root, job->tmp_name, name, "close");
+        return io_fail(err, errno, c->root, tmp_name, name, "close");
+    job->bytes += written;
     return 0;
 }
 
 /* Best effort: the files this call created, then the directory. What
  * cannot be removed is tmp.* litter the next restore or `cache clean`
  * removes. */
-static void remove_tmp(const write_ctx *c, int dir_fd, const prt_kernel_job *job, uint32_t created)
+static void remove_tmp(const write_ctx *c, int dir_fd, const prt_kernel_job *job,
+                       const char *tmp_name, uint64_t created)
 {
-    for (uint32_t i = 0; i < created; i++)
-        (void)unlinkat(dir_fd, job->names[i], 0);
-    (void)unlinkat(c->root_fd, job->tmp_name, AT_REMOVEDIR);
+    for (uint64_t i = 0; i < created; i++)
+        (void)unlinkat(dir_fd, c->file_names[job->first + i], 0);
+    (void)unlinkat(c->root_fd, tmp_name, AT_REMOVEDIR);
 }
 
 static int lost_race(int e)
@@ -99,52 +160,114 @@ static int write_kernel(void *arg, size_t k, prt_err *err)
 {
     const write_ctx *c = arg;
     prt_kernel_job *job = &c->jobs[k];
-    if (mkdirat(c->root_fd, job->tmp_name, 0777) != 0)
-        return io_fail(err, errno, c->root, job->tmp_name, NULL, "mkdir");
-    int dir_fd = openat(c->root_fd, job->tmp_name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    const char *tmp_name = c->job_names[2 * k], *final_name = c->job_names[2 * k + 1];
+    if (mkdirat(c->root_fd, tmp_name, 0777) != 0)
+        return io_fail(err, errno, c->root, tmp_name, NULL, "mkdir");
+    int dir_fd = openat(c->root_fd, tmp_name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dir_fd < 0) {
-        int rc = io_fail(err, errno, c->root, job->tmp_name, NULL, "open");
-        (void)unlinkat(c->root_fd, job->tmp_name, AT_REMOVEDIR);
+        int rc = io_fail(err, errno, c->root, tmp_name, NULL, "open");
+        (void)unlinkat(c->root_fd, tmp_name, AT_REMOVEDIR);
         return rc;
     }
     int rc = 0;
-    uint32_t created = 0;
-    for (uint32_t i = 0; i < job->nfiles && rc == 0; i++) {
+    uint64_t created = 0;
+    for (uint64_t i = 0; i < job->nfiles && rc == 0; i++) {
         int made = 0;
-        rc = write_one(c, dir_fd, job, i, &made, err);
-        created += (uint32_t)made;
+        rc = write_one(c, dir_fd, job, tmp_name, final_name, job->first + i, &made, err);
+        created += (uint64_t)made;
     }
     if (rc == 0 && c->do_fsync && fsync(dir_fd) != 0)
-        rc = io_fail(err, errno, c->root, job->tmp_name, NULL, "fsync");
+        rc = io_fail(err, errno, c->root, tmp_name, NULL, "fsync");
     if (rc == 0) {
-        if (renameat(c->root_fd, job->tmp_name, c->root_fd, job->final_name) == 0) {
+        if (renameat(c->root_fd, tmp_name, c->root_fd, final_name) == 0) {
             job->renamed = 1;
         } else if (lost_race(errno)) {
             job->renamed = 0;  /* another restorer put this kernel in place first */
         } else {
-            rc = io_fail(err, errno, c->root, job->final_name, NULL, "rename onto");
+            rc = io_fail(err, errno, c->root, final_name, NULL, "rename onto");
         }
     }
-    if (job->renamed != 1)
-        remove_tmp(c, dir_fd, job, created);
+    if (job->renamed != 1) {
+        remove_tmp(c, dir_fd, job, tmp_name, created);
+        job->bytes = 0;  /* none of them landed */
+    }
     close(dir_fd);
     return rc;
 }
 
-int prt_write_kernels(const char *root, prt_kernel_job *jobs, size_t njobs,
+/* Point out[0..n) at the n NUL-terminated strings packed back to back in
+ * buf[0..len), which must hold exactly those. */
+static int split_names(const char *buf, size_t len, size_t n, const char **out,
+                       const char *what, prt_err *err)
+{
+    size_t pos = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *nul = pos < len ? memchr(buf + pos, '\0', len - pos) : NULL;
+        if (nul == NULL)
+            return prt_fail(err, -EINVAL, "%s: %zu of %zu names", what, i, n);
+        out[i] = buf + pos;
+        pos = (size_t)(nul - buf) + 1;
+    }
+    if (pos != len)
+        return prt_fail(err, -EINVAL, "%s: more than %zu names", what, n);
+    return 0;
+}
+
+/* Every file range inside its blob, every job inside the table. */
+static int check_table(const prt_file_table *t, const prt_kernel_job *jobs, size_t njobs,
+                       prt_err *err)
+{
+    for (size_t i = 0; i < t->nfiles; i++) {
+        uint32_t b = t->blob_of[i];
+        if (b >= t->nblobs)
+            return prt_fail(err, -EINVAL, "file %zu: blob %u of %zu", i, b, t->nblobs);
+        if (t->offs[i] > t->blob_lens[b] || t->sizes[i] > t->blob_lens[b] - t->offs[i])
+            return prt_fail(err, -EINVAL, "file %zu: outside blob %u", i, b);
+    }
+    for (size_t k = 0; k < njobs; k++) {
+        if (jobs[k].first > t->nfiles || jobs[k].nfiles > t->nfiles - jobs[k].first)
+            return prt_fail(err, -EINVAL, "kernel %zu: files outside the table", k);
+    }
+    if (t->sentinel_len > 0 && (t->sentinel == NULL || t->prefix == NULL))
+        return prt_fail(err, -EINVAL, "a sentinel swap needs both strings");
+    return 0;
+}
+
+int prt_write_kernels(const char *root, const prt_file_table *table,
+                      const char *job_names, size_t job_names_len,
+                      prt_kernel_job *jobs, size_t njobs,
                       unsigned nthreads, int do_fsync, prt_err *err)
 {
-    for (size_t k = 0; k < njobs; k++)
+    for (size_t k = 0; k < njobs; k++) {
         jobs[k].renamed = -1;  /* not attempted (yet) */
+        jobs[k].bytes = 0;
+    }
+    int rc = check_table(table, jobs, njobs, err);
+    if (rc != 0)
+        return rc;
+    /* one array: the file names, then two names per job */
+    size_t nnames = table->nfiles + 2 * njobs;
+    const char **names = malloc((nnames ? nnames : 1) * sizeof(*names));
+    if (names == NULL)
+        return prt_fail(err, -ENOMEM, "no memory for %zu names", nnames);
+    rc = split_names(table->names, table->names_len, table->nfiles, names, "file names", err);
+    if (rc == 0)
+        rc = split_names(job_names, job_names_len, 2 * njobs, names + table->nfiles, "kernel names", err);
+    if (rc != 0) {
+        free(names);
+        return rc;
+    }
     int root_fd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (root_fd < 0) {
         char buf[128];
         int e = errno;
+        free(names);
         return prt_fail(err, -e, "open %s: %s", root, strerror_r(e, buf, sizeof(buf)));
     }
-    write_ctx c = {root_fd, root, jobs, do_fsync};
-    int rc = prt_parallel_for(njobs, nthreads, write_kernel, &c, err);
+    write_ctx c = {root_fd, root, table, names, names + table->nfiles, jobs, do_fsync};
+    rc = prt_parallel_for(njobs, nthreads, write_kernel, &c, err);
     close(root_fd);
+    free(names);
     return rc;
 }
 

@@ -3,7 +3,7 @@
  * Every int-returning function follows one contract: 0 on success, or a
  * negative value that is either -errno or one of the PRT_E_* statuses. */
 
-#define PRT_ABI_VERSION 2
+#define PRT_ABI_VERSION 3
 #define PRT_FRAME_HEADER_SIZE 32
 #define PRT_PACK_HEADER_SIZE 32
 #define PRT_HEX128_LEN 33
@@ -97,17 +97,34 @@ int prt_pack_stored(size_t n, const char *const *names, const size_t *name_lens,
 
 /* kernel_dirs.c */
 typedef struct {
-    const char *tmp_name;        /* created under the root, filled, renamed */
-    const char *final_name;
-    uint32_t nfiles;
-    const char *const *names;    /* plain file names */
-    const uint8_t *const *datas;
-    const size_t *sizes;
-    int renamed;                 /* out: 1 renamed into place, 0 another restorer
-                                    was first, -1 not attempted */
+    const uint8_t *const *blobs;   /* file i is blobs[blob_of[i]][offs[i]..+sizes[i]) */
+    const size_t *blob_lens;
+    size_t nblobs;
+    const char *names;             /* nfiles NUL-terminated names, back to back */
+    size_t names_len;
+    const uint32_t *blob_of;
+    const uint64_t *offs;
+    const uint64_t *sizes;
+    size_t nfiles;
+    const char *sentinel;          /* sentinel_len 0: no swap; else in *.json files */
+    size_t sentinel_len;           /* each sentinel becomes prefix + final name */
+    const char *prefix;
+    size_t prefix_len;
+} prt_file_table;
+
+typedef struct {
+    uint64_t first;                /* files first .. first + nfiles - 1 of the table */
+    uint64_t nfiles;
+    int renamed;                   /* out: 1 renamed into place, 0 another restorer
+                                      was first, -1 not attempted */
+    uint64_t bytes;                /* out: bytes written (after sentinel swaps) */
 } prt_kernel_job;
 
-int prt_write_kernels(const char *root, prt_kernel_job *jobs, size_t njobs,
+/* job_names: per job its tmp name then its final name, NUL-terminated,
+ * back to back (both plain names under root). */
+int prt_write_kernels(const char *root, const prt_file_table *table,
+                      const char *job_names, size_t job_names_len,
+                      prt_kernel_job *jobs, size_t njobs,
                       unsigned nthreads, int do_fsync, prt_err *err);
 /* names[i] NULL: slot i is left to the caller. */
 int prt_read_files(const char *dir, uint32_t n, const char *const *names,

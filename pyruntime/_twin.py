@@ -51,8 +51,45 @@ class FileChanged(RuntimeError):
     written); the caller reads that directory again."""
 
 
-#: (tmp directory name, final name, [(file name, data), ...]) of one kernel
-KernelJob = tuple[str, str, Sequence[tuple[str, bytes | bytearray | memoryview]]]
+class FileTable(NamedTuple):
+    """The files of the kernels to write, flat: file ``i`` is ``names[i]``
+    holding ``blobs[blob_of[i]][offs[i]:offs[i] + sizes[i]]``. A decoded
+    bundle's table points into its unpacked blobs (no copy per file)."""
+
+    blobs: Sequence[bytes | bytearray | memoryview]
+    names: Sequence[str]
+    blob_of: Sequence[int]
+    offs: Sequence[int]
+    sizes: Sequence[int]
+
+
+#: (tmp directory name, final name, first file in the table, file count)
+KernelJob = tuple[str, str, int, int]
+
+#: (sentinel, prefix): in ``*.json`` files each sentinel becomes prefix +
+#: the kernel's final name
+Swap = tuple[bytes, bytes]
+
+
+def check_table_lengths(table: FileTable) -> None:
+    if not len(table.names) == len(table.blob_of) == len(table.offs) == len(table.sizes):
+        raise ValueError("file table: names, blob_of, offs and sizes differ in length")
+
+
+def table_of(kernels: Sequence[tuple[str, str, Sequence[tuple[str, bytes | bytearray | memoryview]]]]
+             ) -> tuple[FileTable, list[KernelJob]]:
+    """A table and jobs for ``(tmp name, final name, [(file name, data),
+    ...])`` kernels, each file its own blob."""
+    blobs: list[bytes | bytearray | memoryview] = []
+    names: list[str] = []
+    jobs: list[KernelJob] = []
+    for tmp_name, final_name, files in kernels:
+        jobs.append((tmp_name, final_name, len(names), len(files)))
+        for name, data in files:
+            names.append(name)
+            blobs.append(data)
+    n = len(names)
+    return FileTable(blobs, names, list(range(n)), [0] * n, [len(_flat(b)) for b in blobs]), jobs
 
 
 def _flat(data: bytes | bytearray | memoryview) -> memoryview:
@@ -453,23 +490,38 @@ def _remove_tmp(tmp: str, created: list[str]) -> None:
         pass  # litter for the next restore or `cache clean`
 
 
-def _write_kernel(root: str, job: KernelJob, do_fsync: bool, after_file: Callable[[str, str], None] | None) -> bool:
-    tmp_name, final_name, files = job
+def _payload(table: FileTable, i: int, final_name: str, swap: Swap | None) -> bytes | memoryview:
+    off = table.offs[i]
+    data = _flat(table.blobs[table.blob_of[i]])[off:off + table.sizes[i]]
+    if swap is not None and swap[0] and table.names[i].endswith(".json"):
+        raw = bytes(data)
+        if swap[0] in raw:
+            return raw.replace(swap[0], swap[1] + final_name.encode())
+    return data
+
+
+def _write_kernel(root: str, table: FileTable, job: KernelJob, do_fsync: bool, swap: Swap | None,
+                  after_file: Callable[[str, str], None] | None) -> tuple[int, int]:
+    tmp_name, final_name, first, nfiles = job
     tmp = f"{root}/{tmp_name}"
     os.mkdir(tmp)
     created: list[str] = []
+    written = 0
     try:
-        for name, data in files:
+        for i in range(first, first + nfiles):
+            name = table.names[i]
+            data = _payload(table, i, final_name, swap)
             fd = os.open(f"{tmp}/{name}", _OPEN_NEW, 0o666)
             created.append(name)
             try:
-                _write_all(fd, memoryview(data).cast("B"))
+                _write_all(fd, _flat(data))
                 if do_fsync:
                     os.fsync(fd)
             except OSError as e:  # name the file, as the C side does
                 raise OSError(e.errno, f"write {tmp}/{name}: {e.strerror}") from None
             finally:
                 os.close(fd)
+            written += len(data)
             if after_file is not None:
                 after_file(final_name, name)
         if do_fsync:
@@ -480,25 +532,38 @@ def _write_kernel(root: str, job: KernelJob, do_fsync: bool, after_file: Callabl
                 os.close(dfd)
         try:
             os.rename(tmp, f"{root}/{final_name}")
-            return True
+            return 1, written
         except OSError as e:
             if e.errno not in _LOST_RACE:
                 raise
         _remove_tmp(tmp, created)  # another restorer put this kernel in place first
-        return False
+        return 0, 0
     except BaseException:
         _remove_tmp(tmp, created)
         raise
 
 
-def write_kernels(root: str, jobs: Sequence[KernelJob], nthreads: int, do_fsync: bool,
-                  after_file: Callable[[str, str], None] | None = None) -> list[int]:
-    """Write each kernel into ``root/<tmp name>`` and rename it onto its final
-    name; returns per kernel 1 (renamed) or 0 (a non-empty directory was
-    there first: the copy is removed). Stops at the first error, which is
-    raised. ``after_file(final name, file name)`` is a test hook the C side
-    does not have."""
+def write_kernels(root: str, table: FileTable, jobs: Sequence[KernelJob], nthreads: int, do_fsync: bool,
+                  swap: Swap | None = None,
+                  after_file: Callable[[str, str], None] | None = None) -> list[tuple[int, int]]:
+    """Write each kernel (files ``first .. first + nfiles - 1`` of
+    ``table``) into ``root/<tmp name>`` and rename it onto its final name;
+    returns per kernel (1, bytes written) when renamed, or (0, 0) when a
+    non-empty directory was there first (the copy is removed). With
+    ``swap``, each sentinel in a ``.json`` file is written as prefix + final
+    name. Stops at the first error, which is raised. ``after_file(final
+    name, file name)`` is a test hook the C side does not have."""
     del nthreads
+    check_table_lengths(table)
+    for i, (b, off, size) in enumerate(zip(table.blob_of, table.offs, table.sizes)):
+        if not 0 <= b < len(table.blobs):
+            raise OSError(errno.EINVAL, f"file {i}: blob {b} of {len(table.blobs)}")
+        blob_len = len(_flat(table.blobs[b]))
+        if not (0 <= off <= blob_len and 0 <= size <= blob_len - off):
+            raise OSError(errno.EINVAL, f"file {i}: outside blob {b}")
+    for k, (_, _, first, nfiles) in enumerate(jobs):
+        if first < 0 or nfiles < 0 or first + nfiles > len(table.names):
+            raise OSError(errno.EINVAL, f"kernel {k}: files outside the table")
     if not os.path.isdir(root):
         os.open(root, os.O_RDONLY | os.O_DIRECTORY)  # raises the errno C reports
-    return [int(_write_kernel(root, job, do_fsync, after_file)) for job in jobs]
+    return [_write_kernel(root, table, job, do_fsync, swap, after_file) for job in jobs]

@@ -42,14 +42,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any
 
 from . import config as _env
 from . import native, packing
 from ._atomic import write_atomic
-from ._twin import PackedEntry
+from ._twin import FileTable, PackedEntry
 from ._version import __version__
 from .bundler import (
+    _HASH_RE,
+    _SKIP_FILES,
     Buffer,
     TritonBundle,
     TritonKernelArtifact,
@@ -152,6 +155,14 @@ def _untouched_collect(bundle: TritonBundle) -> tuple[list[list[int]], list[Pack
     if bundle._packed is None or not is_checked(bundle):
         return None
     return bundle._packed
+
+
+def decoded_table(bundle: TritonBundle) -> FileTable | None:
+    """The flat file table :func:`decode` built, pointing into the unpacked
+    blobs, while the bundle is unchanged; else ``None``."""
+    if bundle._table is None or not is_checked(bundle):
+        return None
+    return bundle._table
 
 
 def check_bundle(bundle: TritonBundle) -> None:
@@ -308,12 +319,17 @@ def parse_header(raw: Buffer) -> dict[str, Any]:
     return man
 
 
-def parse_kernels(raw: Buffer) -> list[dict[str, Any]]:
-    """Parse and check ``kernels.json``: every hash and file name is a
-    plain name, no kernel or file appears twice."""
-    kernels = _parse_json(raw, KERNELS_NAME)
-    if not isinstance(kernels, list):
-        raise _fail(f"{KERNELS_NAME} is not a list")
+# The common case of a kernel table checked in bulk: every file name plain
+# printable ASCII (bundler._PLAIN_ASCII_RE), one per line.
+_ASCII_NAMES_RE = re.compile(r"(?:[\x20-\x2e\x30-\x5b\x5d-\x7e]{1,255}\n)*")
+_ODD_NAMES = frozenset({".", ".."}) | _SKIP_FILES
+
+#: The files of a kernel table as columns: names, blob indexes, offsets, sizes.
+Columns = tuple[list[str], list[int], list[int], list[int]]
+
+
+def _check_kernels(kernels: list[Any]) -> None:
+    """Check each kernel and file in turn: raises naming the first problem."""
     seen_hashes: set[str] = set()
     for i, k in enumerate(kernels):
         if not isinstance(k, dict) or k.keys() != _KERNEL_KEYS:
@@ -331,14 +347,90 @@ def parse_kernels(raw: Buffer) -> list[dict[str, Any]]:
             raise _fail(f"kernel {h}: files is not a list")
         names = set()
         for f in files:
-            # inlined _is_uint: this loop runs once per file of the bundle
-            if not (type(f) is list and len(f) == 4 and type(f[1]) is int and type(f[2]) is int
-                    and type(f[3]) is int and f[1] >= 0 and f[2] >= 0 and f[3] >= 0):
+            if not (type(f) is list and len(f) == 4 and all(_is_uint(v) for v in f[1:])):
                 raise _fail(f"kernel {h}: a file is not [name, blob, offset, size]")
             names.add(check_file_name(f[0], h))
         if len(names) != len(files):
             raise _fail(f"kernel {h}: a file name appears twice")
-    return kernels
+
+
+def _columns_if_plain(kernels: list[Any]) -> Columns | None:
+    """The file columns when every check of :func:`_check_kernels` passes on
+    the common case (plain ASCII names), done with a few bulk operations
+    instead of a few calls per file; ``None`` means: check one by one."""
+    try:
+        for k in kernels:
+            if type(k) is not dict or k.keys() != _KERNEL_KEYS or type(k["files"]) is not list \
+                    or not _is_uint(k["device"]):
+                return None
+            check_target(k["target"])
+            check_version(k["triton_version"], "triton_version")
+        hashes = [k["hash"] for k in kernels]
+        if len(set(hashes)) != len(hashes) or not all(map(_HASH_RE.fullmatch, hashes)) \
+                or any(h.startswith("tmp.") for h in hashes):
+            return None
+        files = [f for k in kernels for f in k["files"]]
+        if not files:
+            return [], [], [], []
+        if {type(f) for f in files} != {list} or set(map(len, files)) != {4}:
+            return None
+        names, blob_of, offs, sizes = map(list, zip(*files))
+        numbers = blob_of + offs + sizes
+        if set(map(type, numbers)) != {int} or min(numbers) < 0:
+            return None
+        if not _ASCII_NAMES_RE.fullmatch("\n".join(names) + "\n") or not _ODD_NAMES.isdisjoint(names):
+            return None
+        first = 0
+        for k in kernels:
+            n = len(k["files"])
+            if len(set(names[first:first + n])) != n:
+                return None
+            first += n
+    except (TypeError, BundleFormatError):
+        return None
+    return names, blob_of, offs, sizes
+
+
+def parse_kernels(raw: Buffer) -> tuple[list[dict[str, Any]], Columns]:
+    """Parse and check ``kernels.json``: every hash and file name is a
+    plain name, no kernel or file appears twice. Returns the kernels and
+    their files as columns."""
+    kernels = _parse_json(raw, KERNELS_NAME)
+    if not isinstance(kernels, list):
+        raise _fail(f"{KERNELS_NAME} is not a list")
+    columns = _columns_if_plain(kernels)
+    if columns is None:
+        _check_kernels(kernels)  # raises, or passes names beyond plain ASCII
+        files = [f for k in kernels for f in k["files"]]
+        columns = tuple(map(list, zip(*files))) if files else ([], [], [], [])  # type: ignore[assignment]
+    return kernels, columns  # type: ignore[return-value]
+
+
+def _check_tiling(kernels: list[dict[str, Any]], columns: Columns, blobs: list[memoryview]) -> None:
+    """Every byte of every blob belongs to exactly one file: the ranges,
+    sorted, must tile each blob with no gap or overlap."""
+    _, blob_of, offs, sizes = columns
+    pos = [0] * len(blobs)
+    for blob, off, size, i in sorted(zip(blob_of, offs, sizes, range(len(offs)))):
+        if blob >= len(blobs) or off != pos[blob]:
+            h, name = _file_at(kernels, i)
+            if blob >= len(blobs):
+                raise _fail(f"kernel {h}: file {name!r} points at blob {blob}, which does not exist")
+            kind = "overlaps another file" if off < pos[blob] else "leaves a gap before it"
+            raise _fail(f"kernel {h}: file {name!r} at blob {blob} offset {off} {kind}")
+        pos[blob] = off + size
+    for i, (end, blob) in enumerate(zip(pos, blobs)):
+        if end != len(blob):
+            raise _fail(f"blob {i}: files cover {end} of its {len(blob)} bytes")
+
+
+def _file_at(kernels: list[dict[str, Any]], i: int) -> tuple[str, str]:
+    """(kernel hash, file name) of the i-th file of the table."""
+    for k in kernels:
+        if i < len(k["files"]):
+            return k["hash"], k["files"][i][0]
+        i -= len(k["files"])
+    raise IndexError(i)
 
 
 def _unpack(data: Buffer) -> tuple[list[tuple[str, memoryview]], list[str]]:
@@ -379,34 +471,26 @@ def decode(data: Buffer) -> TritonBundle:
             raise _fail(f"blob {i} holds {len(blob)} bytes, the header says {want}")
     if digest_of(kernels_raw, digests[2:]) != header["content_digest"]:
         raise BundleFormatError("bundle content digest mismatch: the header does not describe these bytes")
-    kernels = parse_kernels(kernels_raw)
-
-    # Every byte of every blob belongs to exactly one file: the ranges,
-    # sorted, must tile each blob with no gap or overlap.
-    ranges = [(f[1], f[2], f[3], k["hash"], f[0]) for k in kernels for f in k["files"]]
-    ranges.sort()
-    pos = [0] * len(blobs)
-    for blob, off, size, h, name in ranges:
-        if blob >= len(blobs):
-            raise _fail(f"kernel {h}: file {name!r} points at blob {blob}, which does not exist")
-        if off != pos[blob]:
-            kind = "overlaps another file" if off < pos[blob] else "leaves a gap before it"
-            raise _fail(f"kernel {h}: file {name!r} at blob {blob} offset {off} {kind}")
-        pos[blob] = off + size
-    for i, (end, blob) in enumerate(zip(pos, blobs)):
-        if end != len(blob):
-            raise _fail(f"blob {i}: files cover {end} of its {len(blob)} bytes")
+    kernels, columns = parse_kernels(kernels_raw)
+    _check_tiling(kernels, columns, blobs)
     targets = sorted({k["target"] for k in kernels if k["target"]})
     if header["targets"] != targets:
         raise _fail(f"header targets {header['targets']} differ from the kernels' targets {targets}")
 
+    names, blob_of, offs, sizes = columns
+    payloads = [blobs[b][o:o + n] for b, o, n in zip(blob_of, offs, sizes)]
+    arts = list(map(TritonKernelArtifact, names, payloads))
     out = []
+    first = 0
     for k in kernels:
-        arts = [TritonKernelArtifact(name, blobs[blob][off:off + size]) for name, blob, off, size in k["files"]]
-        out.append(TritonKernelArtifacts(k["hash"], k["device"], arts, k["target"], k["triton_version"]))
+        n = len(k["files"])
+        out.append(TritonKernelArtifacts(k["hash"], k["device"], arts[first:first + n], k["target"],
+                                         k["triton_version"]))
+        first += n
     bundle = TritonBundle(out, header["triton_version"], header["pyruntime_version"], header["content_digest"],
                           triton_abi=header.get("triton_abi"))
     mark_checked(bundle)
+    object.__setattr__(bundle, "_table", FileTable(blobs, names, blob_of, offs, sizes))
     return bundle
 
 

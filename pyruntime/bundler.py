@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Literal, Un
 
 from . import config as _env
 from . import native as _native
-from ._twin import FileChanged, PackedEntry
+from ._twin import FileChanged, FileTable, PackedEntry
 from ._version import __version__
 from .errors import BundleFormatError
 
@@ -332,6 +332,9 @@ class TritonBundle:
     # each kernel as it read it; valid while _checked is
     _packed: tuple[list[list[int]], list[PackedEntry]] | None = dataclasses.field(
         default=None, init=False, repr=False, compare=False)
+    # every file, flat, pointing into the unpacked blobs, when a decode built
+    # the bundle (what restore hands the C writer); valid while _checked is
+    _table: FileTable | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
     # -- information ---------------------------------------------------
     @property

@@ -58,7 +58,7 @@ from typing import Callable
 
 from . import _twin, native
 from . import config as _env
-from ._twin import KernelJob
+from ._twin import FileTable, KernelJob, Swap
 from .bundler import (
     REPLACE_SENTINEL,
     Buffer,
@@ -294,22 +294,27 @@ def _dir_has_files(path: str) -> bool:
         return False
 
 
-def _kernel_files(kernel: TritonKernelArtifacts, final: str) -> list[tuple[str, Buffer]]:
-    """The files to write for ``kernel``, the ``[REPLACE]`` sentinel in its
-    ``.json`` files swapped for ``final`` (JSON-escaped, so any directory
-    name keeps the file valid)."""
-    files: list[tuple[str, Buffer]] = []
-    spelled: bytes | None = None
-    for art in kernel.artifacts:
-        payload = art.payload
-        if art.filename.endswith(".json"):
-            text = bytes(payload)  # small; a memoryview has no substring search
-            if REPLACE_SENTINEL in text:
-                if spelled is None:
-                    spelled = json.dumps(os.path.abspath(final))[1:-1].encode("ascii")
-                payload = text.replace(REPLACE_SENTINEL, spelled)
-        files.append((art.filename, payload))
-    return files
+def _file_table(bundle: TritonBundle) -> FileTable:
+    """Every file of ``bundle`` in kernel order: the table a decode built
+    (pointing into the unpacked blobs) while the bundle is unchanged, else
+    one blob per artifact."""
+    from .bundle_format import decoded_table
+
+    table = decoded_table(bundle)
+    if table is not None:
+        return table
+    arts = [a for k in bundle.kernel_artifacts for a in k.artifacts]
+    n = len(arts)
+    return FileTable([a.payload for a in arts], [a.filename for a in arts], list(range(n)), [0] * n,
+                     [memoryview(a.payload).nbytes for a in arts])
+
+
+def _sentinel_swap(root: str) -> Swap:
+    """``[REPLACE]`` in a kernel's ``.json`` files becomes the absolute path
+    of its directory under ``root``, JSON-escaped (so any directory name
+    keeps the file valid; a kernel hash needs no escaping)."""
+    prefix = json.dumps(os.path.join(os.path.abspath(root), ""))[1:-1]
+    return REPLACE_SENTINEL, prefix.encode("ascii")
 
 
 def restore(
@@ -360,6 +365,11 @@ def restore(
     listings: dict[str, set[str]] = {}
     token = os.urandom(6).hex()
     pid = os.getpid()
+    firsts: dict[str, int] = {}
+    first = 0
+    for k in bundle.kernel_artifacts:
+        firsts[k.kernel_hash] = first
+        first += len(k.artifacts)
     jobs: dict[str, list[tuple[TritonKernelArtifacts, KernelJob]]] = {}
     for n, (root, k) in enumerate(todo):
         names = listings.get(root)
@@ -370,28 +380,29 @@ def restore(
             if litter:
                 result.stale_removed += _remove_stale(root, litter, max_age=None)
             listings[root] = names
-        final = os.path.join(root, k.kernel_hash)
-        if k.kernel_hash in names and _dir_has_files(final):
-            result.existing.append(k.kernel_hash)
+        h = k.kernel_hash
+        if h in names and _dir_has_files(os.path.join(root, h)):
+            result.existing.append(h)
             continue
-        job = (f"tmp.pid_{pid}_{token}_{n}", k.kernel_hash, _kernel_files(k, final))
-        jobs.setdefault(root, []).append((k, job))
+        jobs.setdefault(root, []).append((k, (f"tmp.pid_{pid}_{token}_{n}", h, firsts[h], len(k.artifacts))))
 
     # 3. write: each kernel into its tmp directory, renamed into place (on
     # PYRUNTIME_IO_THREADS threads in C; the test hook needs the twin)
     hook = _after_file_hook
     backend = _twin if hook is not None else native.backend
+    table = _file_table(bundle) if jobs else None
     for root, todo_here in jobs.items():
         threads = max(1, min(_env.io_threads(), len(todo_here) // KERNELS_PER_THREAD))
-        renamed = backend.write_kernels(root, [j for _, j in todo_here], threads, do_fsync, after_file=hook)
-        for (k, (_, _, files)), ok in zip(todo_here, renamed):
+        done = backend.write_kernels(root, table, [j for _, j in todo_here], threads, do_fsync,
+                                     _sentinel_swap(root), after_file=hook)
+        for (k, _), (ok, nbytes) in zip(todo_here, done):
             if ok == 1:
                 result.restored.append(k.kernel_hash)
                 result.kernel_names += k.kernel_names()
-                result.files_written += len(files)
-                result.bytes_written += sum(len(d) for _, d in files)
+                result.files_written += len(k.artifacts)
+                result.bytes_written += nbytes
             else:
                 result.existing.append(k.kernel_hash)
-        if do_fsync and any(ok == 1 for ok in renamed):
+        if do_fsync and any(ok == 1 for ok, _ in done):
             _fsync_dir(root)
     return result

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 from . import _twin, config
 from .errors import BundleFormatError, ProtocolError
 
-ABI_VERSION = 2  # must equal PRT_ABI_VERSION in csrc/prt_core.cdef.h
+ABI_VERSION = 3  # must equal PRT_ABI_VERSION in csrc/prt_core.cdef.h
 
 
 class PythonBackend:
@@ -290,27 +290,35 @@ class CBackend:
             raise _twin.FileChanged(ffi.string(err.msg).decode("utf-8", "replace"))
         self.check(rc, err, OSError)
 
-    def write_kernels(self, root: str, jobs: Sequence[_twin.KernelJob], nthreads: int, do_fsync: bool,
-                      after_file: Any = None) -> list[int]:
+    def write_kernels(self, root: str, table: _twin.FileTable, jobs: Sequence[_twin.KernelJob], nthreads: int,
+                      do_fsync: bool, swap: _twin.Swap | None = None,
+                      after_file: Any = None) -> list[tuple[int, int]]:
         if after_file is not None:
             raise ValueError("the C backend has no per-file hook")
         ffi, lib = self.ffi, self.lib
-        keep: list[Any] = []  # every cdata the jobs point at, alive until the call returns
-        cjobs = ffi.new("prt_kernel_job[]", max(len(jobs), 1))
-        for j, (tmp_name, final_name, files) in enumerate(jobs):
-            names = [ffi.new("char[]", name.encode()) for name, _ in files]
-            datas = [ffi.from_buffer(data) for _, data in files]
-            arrays = (ffi.new("char[]", tmp_name.encode()), ffi.new("char[]", final_name.encode()),
-                      ffi.new("char *[]", names), ffi.new("uint8_t *[]", datas),
-                      ffi.new("size_t[]", [len(d) for d in datas]))
-            keep += [names, datas, arrays]
-            job = cjobs[j]
-            job.tmp_name, job.final_name, job.names, job.datas, job.sizes = arrays
-            job.nfiles = len(files)
+        _twin.check_table_lengths(table)
+        n, nblobs = len(table.names), len(table.blobs)
+        blobs = [ffi.from_buffer(b) for b in table.blobs]
+        names = ("\0".join(table.names) + "\0").encode() if n else b""
+        job_names = "".join(f"{tmp}\0{final}\0" for tmp, final, _, _ in jobs).encode()
+        sentinel, prefix = swap if swap is not None else (b"", b"")
+        t = ffi.new("prt_file_table *")
+        keep = (ffi.new("uint8_t *[]", blobs) if nblobs else ffi.NULL,
+                ffi.new("size_t[]", [len(b) for b in blobs]) if nblobs else ffi.NULL,
+                ffi.from_buffer(names),
+                ffi.new("uint32_t[]", table.blob_of) if n else ffi.NULL,
+                ffi.new("uint64_t[]", table.offs) if n else ffi.NULL,
+                ffi.new("uint64_t[]", table.sizes) if n else ffi.NULL,
+                ffi.from_buffer(sentinel), ffi.from_buffer(prefix))
+        t.blobs, t.blob_lens, t.names, t.blob_of, t.offs, t.sizes, t.sentinel, t.prefix = keep
+        t.nblobs, t.names_len, t.nfiles = nblobs, len(names), n
+        t.sentinel_len, t.prefix_len = len(sentinel), len(prefix)
+        cjobs = ffi.new("prt_kernel_job[]", [(first, nfiles) for _, _, first, nfiles in jobs] or 1)
         err = ffi.new("prt_err *")
-        rc = lib.prt_write_kernels(os.fsencode(root), cjobs, len(jobs), max(1, nthreads), int(do_fsync), err)
+        rc = lib.prt_write_kernels(os.fsencode(root), t, job_names, len(job_names), cjobs, len(jobs),
+                                   max(1, nthreads), int(do_fsync), err)
         self.check(rc, err, OSError)
-        return [cjobs[j].renamed for j in range(len(jobs))]
+        return [(cjobs[j].renamed, cjobs[j].bytes) for j in range(len(jobs))]
 
 
 HUGE_OUTPUT = 8 << 20  # unpacked bundles this large go to their own mapping

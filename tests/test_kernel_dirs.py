@@ -25,7 +25,7 @@ import pytest
 from _trees import litter as _litter, tree as _tree
 
 from pyruntime import cache, hashing, native
-from pyruntime._twin import FileChanged, PackedEntry
+from pyruntime._twin import FileChanged, FileTable, PackedEntry, table_of
 from pyruntime.bundler import TritonBundle, TritonKernelArtifact, TritonKernelArtifacts, load_bundle
 from pyruntime.errors import BundleFormatError
 
@@ -357,18 +357,28 @@ def _want_tree(jobs) -> dict[str, bytes]:
     return {f"{final}/{name}": bytes(data) for _, final, files in jobs for name, data in files}
 
 
+def _write_jobs(backend, root, kernels, nthreads, do_fsync, swap=None):
+    """write_kernels on (tmp, final, [(name, data)]) kernels, each file its
+    own blob; returns the renamed flags, checking each kernel's byte count."""
+    table, jobs = table_of(kernels)
+    done = backend.write_kernels(str(root), table, jobs, nthreads, do_fsync, swap)
+    for (_, _, files), (ok, nbytes) in zip(kernels, done):
+        assert nbytes == (sum(len(memoryview(d).cast("B")) for _, d in files) if ok == 1 else 0)
+    return [ok for ok, _ in done]
+
+
 @pytest.mark.parametrize("nthreads", [1, 4])
 def test_write_kernels_writes_every_kernel(backend, tmp_path, nthreads):
     jobs = _jobs(13)
-    assert backend.write_kernels(str(tmp_path), jobs, nthreads, False) == [1] * 13
+    assert _write_jobs(backend, tmp_path, jobs, nthreads, False) == [1] * 13
     assert _tree(str(tmp_path)) == _want_tree(jobs)
     assert sorted(os.listdir(tmp_path)) == sorted(j[1] for j in jobs)  # no tmp.* left
     # with fsync the result is the same
     root = tmp_path / "synced"
     root.mkdir()
-    assert backend.write_kernels(str(root), jobs, nthreads, True) == [1] * 13
+    assert _write_jobs(backend, root, jobs, nthreads, True) == [1] * 13
     assert _tree(str(root)) == _want_tree(jobs)
-    assert backend.write_kernels(str(root), [], nthreads, True) == []
+    assert _write_jobs(backend, root, [], nthreads, True) == []
 
 
 @pytest.mark.parametrize("nthreads", [1, 4])
@@ -379,7 +389,7 @@ def test_write_kernels_leaves_a_kernel_that_is_already_there(backend, tmp_path, 
     _write(taken / "keep", b"another restorer was first")
     empty = tmp_path / jobs[4][1]
     empty.mkdir()  # an empty directory is replaced
-    got = backend.write_kernels(str(tmp_path), jobs, nthreads, False)
+    got = _write_jobs(backend, tmp_path, jobs, nthreads, False)
     assert got == [1, 1, 0, 1, 1, 1]
     want = _want_tree(jobs[:2] + jobs[3:])
     want[f"{jobs[2][1]}/keep"] = b"another restorer was first"
@@ -389,14 +399,107 @@ def test_write_kernels_leaves_a_kernel_that_is_already_there(backend, tmp_path, 
 
 def test_write_kernels_into_a_missing_root_is_an_oserror(backend, tmp_path):
     with pytest.raises(OSError) as exc:
-        backend.write_kernels(str(tmp_path / "nope"), _jobs(2), 2, False)
+        _write_jobs(backend, tmp_path / "nope", _jobs(2), 2, False)
     assert exc.value.errno == errno.ENOENT
     assert not (tmp_path / "nope").exists()
+
+
+@pytest.mark.parametrize("nthreads", [1, 3])
+def test_write_kernels_from_shared_blobs_matches_on_both_backends(tmp_path, nthreads):
+    """A decoded bundle's table: several files slicing each blob, kernels
+    taking a subset of the table in any order."""
+    blobs = [os.urandom(5000), memoryview(bytearray(os.urandom(3000))).toreadonly(), b""]
+    table = FileTable(blobs, ["a.cubin", "a.ptx", "b.cubin", "b.json", "e", "c.llir"],
+                      [0, 0, 1, 1, 2, 0], [0, 1000, 0, 2999, 0, 4000], [1000, 3000, 2999, 1, 0, 1000])
+    jobs = [("tmp.x2", "k2", 5, 1), ("tmp.x0", "k0", 0, 2), ("tmp.x1", "k1", 2, 3)]
+    want = {"k0/a.cubin": blobs[0][:1000], "k0/a.ptx": blobs[0][1000:4000], "k1/b.cubin": bytes(blobs[1][:2999]),
+            "k1/b.json": bytes(blobs[1][2999:]), "k1/e": b"", "k2/c.llir": blobs[0][4000:]}
+    trees = []
+    for b in _both():
+        root = tmp_path / b.name
+        root.mkdir()
+        done = b.write_kernels(str(root), table, jobs, nthreads, False)
+        assert done == [(1, 1000), (1, 4000), (1, 3000)]
+        trees.append(_tree(str(root)))
+    assert trees[0] == trees[1] == want
+
+
+SENTINEL = b"[REPLACE]"
+
+
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_the_sentinel_swap_matches_bytes_replace(tmp_path, nthreads):
+    """In .json files every sentinel (none, one, several, adjacent, at either
+    end) becomes prefix + final name, as bytes.replace does; other files
+    keep theirs. The byte count is what landed."""
+    prefix = b"/cache \\u00e9\\\"dir/"  # JSON-escaped, as restore spells it
+    jsons = [b"{}", b'{"path": "[REPLACE]"}', b"[REPLACE][REPLACE]", b'[REPLACE]x"[REPLACE]/' * 50,
+             b"[REPLACE", b"[REPLACE]" + os.urandom(3000) + b"[REPLACE]", b""]
+    kernels = []
+    for k, text in enumerate(jsons):
+        files = [(f"k{k}.json", text), (f"k{k}.ptx", b"ptx [REPLACE] stays"), ("__grp__k.json", text[::-1])]
+        kernels.append((f"tmp.s{k}", f"kern{k}", files))
+    table, jobs = table_of(kernels)
+    trees = []
+    for b in _both():
+        root = tmp_path / b.name
+        root.mkdir()
+        done = b.write_kernels(str(root), table, jobs, nthreads, False, (SENTINEL, prefix))
+        tree = _tree(str(root))
+        for (_, final, files), (ok, nbytes) in zip(kernels, done):
+            assert ok == 1
+            for name, data in files:
+                want = data.replace(SENTINEL, prefix + final.encode()) if name.endswith(".json") else data
+                assert tree[f"{final}/{name}"] == want
+            assert nbytes == sum(len(tree[f"{final}/{name}"]) for name, _ in files)
+        trees.append(tree)
+    assert trees[0] == trees[1]
+
+
+@pytest.mark.parametrize("case", ["blob index", "past the blob", "job past the table", "nul in a name",
+                                  "names short"])
+def test_a_bad_file_table_is_refused_before_anything_is_written(tmp_path, case):
+    blobs = [b"x" * 100]
+    names, blob_of, offs, sizes = ["a", "b"], [0, 0], [0, 50], [50, 50]
+    jobs = [("tmp.0", "k0", 0, 1), ("tmp.1", "k1", 1, 1)]
+    if case == "blob index":
+        blob_of = [0, 1]
+    elif case == "past the blob":
+        offs = [0, 51]
+    elif case == "job past the table":
+        jobs = [("tmp.0", "k0", 0, 1), ("tmp.1", "k1", 1, 2)]
+    elif case == "nul in a name":
+        names = ["a", "b\0c"]
+    table = FileTable(blobs, names, blob_of, offs, sizes)
+    for b in _both():
+        root = tmp_path / b.name
+        root.mkdir()
+        if case == "names short":
+            with pytest.raises(ValueError, match="differ in length"):
+                b.write_kernels(str(root), FileTable(blobs, names[:1], blob_of, offs, sizes), jobs, 1, False)
+        elif case == "nul in a name" and b.name == "python":
+            with pytest.raises(ValueError):  # os.open refuses an embedded NUL
+                b.write_kernels(str(root), table, jobs, 1, False)
+            assert os.listdir(root) == ["k0"]  # the twin has no name table to check first
+            continue
+        else:
+            with pytest.raises(OSError) as exc:
+                b.write_kernels(str(root), table, jobs, 1, False)
+            assert exc.value.errno == errno.EINVAL
+        assert os.listdir(root) == []
+
+
+def test_a_table_past_the_blob_names_the_file(tmp_path):
+    c = _c()
+    table = FileTable([b"abc"], ["a", "b"], [0, 0], [0, 2], [2, 2])
+    with pytest.raises(OSError, match="file 1: outside blob 0"):
+        c.write_kernels(str(tmp_path), table, [("tmp.0", "k", 0, 2)], 1, False)
 
 
 _EFBIG_CHILD = textwrap.dedent("""
     import os, resource, signal, sys
     from pyruntime import native
+    from pyruntime._twin import table_of
     root = sys.argv[1]
     def files(k, big=False):
         out = [(f"f{i}", bytes([k, i]) * 500) for i in range(4)]
@@ -404,11 +507,12 @@ _EFBIG_CHILD = textwrap.dedent("""
             out[2] = ("f2", b"B" * 50000)
         return out
     jobs = [(f"tmp.pid_{os.getpid()}_x_{k}", f"k{k}", files(k, big=(k == 2))) for k in range(4)]
+    table, jobs = table_of(jobs)
     print("backend", native.BACKEND, flush=True)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))
     try:
-        native.backend.write_kernels(root, jobs, 1, False)
+        native.backend.write_kernels(root, table, jobs, 1, False)
     except OSError as e:
         print("errno", e.errno, flush=True)
         print("message", e, flush=True)

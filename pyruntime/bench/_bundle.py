@@ -100,16 +100,20 @@ def _file_writing_floor(loaded: Any, work: str) -> dict[str, float]:
     read_and_emit does it. Both implementations pay this file-system cost;
     it bounds how much faster any restore can be here."""
     from .. import config, native
-    from ..cache import _kernel_files
+    from ..cache import _file_table, _sentinel_swap
 
     out = {}
+    table = _file_table(loaded)
+    first = 0
+    jobs = []
+    for i, k in enumerate(loaded.kernel_artifacts):
+        jobs.append((f"tmp.{i}", k.kernel_hash, first, len(k.artifacts)))
+        first += len(k.artifacts)
     for key, threads in (("files_nt", config.io_threads()), ("files_1t", 1)):
         root = os.path.join(work, key)
         os.mkdir(root)
-        jobs = [(f"tmp.{i}", k.kernel_hash, _kernel_files(k, os.path.join(root, k.kernel_hash)))
-                for i, k in enumerate(loaded.kernel_artifacts)]
         t0 = time.perf_counter()
-        native.backend.write_kernels(root, jobs, threads, False)
+        native.backend.write_kernels(root, table, jobs, threads, False, _sentinel_swap(root))
         out[key] = time.perf_counter() - t0
     return out
 
