@@ -14,6 +14,7 @@
  * block before the caller sees any of it. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <pthread.h>
 #include <lz4.h>
 #include <stdlib.h>
 #include <string.h>
@@ -477,6 +478,7 @@ typedef struct {
     const uint8_t *data;
     size_t len;
     const prt_entry *entries;
+    uint32_t first;
     uint8_t *out;
     size_t out_len;
     char *hex128s;
@@ -485,14 +487,60 @@ typedef struct {
 static int unpack_item(void *arg, size_t i, prt_err *err)
 {
     const unpack_ctx *c = arg;
-    char *hex = c->hex128s != NULL ? c->hex128s + i * PRT_HEX128_LEN : NULL;
-    return unpack_one(c->data, c->len, &c->entries[i], (uint32_t)i, c->out, c->out_len, hex, err);
+    uint32_t e = c->first + (uint32_t)i;
+    char *hex = c->hex128s != NULL ? c->hex128s + (size_t)e * PRT_HEX128_LEN : NULL;
+    return unpack_one(c->data, c->len, &c->entries[e], e, c->out, c->out_len, hex, err);
 }
 
-int prt_unpack_data_par(const uint8_t *data, size_t len, const prt_entry *entries,
-                        uint32_t count, uint8_t *out, size_t out_len,
+int prt_unpack_data_par(const uint8_t *data, size_t len, const prt_entry *entries, uint32_t n,
+                        uint32_t first, uint32_t count, uint8_t *out, size_t out_len,
                         unsigned nthreads, char *hex128s, prt_err *err)
 {
-    unpack_ctx c = {data, len, entries, out, out_len, hex128s};
+    if (first > n || count > n - first)
+        return prt_fail(err, -EINVAL, "entries %u..%u of %u", first, first + count, n);
+    unpack_ctx c = {data, len, entries, first, out, out_len, hex128s};
     return prt_parallel_for(count, nthreads, unpack_item, &c, err);
+}
+
+/* The blobs of a bundle being loaded are unpacked on a thread of their own
+ * while Python checks the kernel table: a C thread, because a Python one
+ * would wait for the GIL that the checking holds. */
+static void *unpack_in_background(void *arg)
+{
+    prt_unpack_job *job = arg;
+    job->err.code = 0;
+    job->err.msg[0] = '\0';
+    job->rc = prt_unpack_data_par(job->data, job->len, job->entries, job->n, job->first, job->count,
+                                  job->out, job->out_len, job->nthreads, job->hex128s, &job->err);
+    return NULL;
+}
+
+int prt_unpack_start(prt_unpack_job *job, prt_err *err)
+{
+    _Static_assert(sizeof(pthread_t) <= sizeof(job->thread), "pthread_t fits the job");
+    pthread_t t;
+    job->running = 0;
+    if (pthread_create(&t, NULL, unpack_in_background, job) != 0) {
+        unpack_in_background(job);  /* no thread to be had: the work is done now */
+        return 0;
+    }
+    memcpy(job->thread, &t, sizeof(t));
+    job->running = 1;
+    (void)err;
+    return 0;
+}
+
+int prt_unpack_finish(prt_unpack_job *job, prt_err *err)
+{
+    if (job->running) {
+        pthread_t t;
+        memcpy(&t, job->thread, sizeof(t));
+        int e = pthread_join(t, NULL);
+        job->running = 0;
+        if (e != 0)
+            return prt_fail(err, -e, "cannot join the unpacking thread");
+    }
+    if (job->rc != 0 && err != NULL)
+        *err = job->err;
+    return job->rc;
 }

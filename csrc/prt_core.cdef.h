@@ -74,11 +74,35 @@ int prt_unpack_index(const uint8_t *data, size_t len, prt_entry *entries,
                      uint64_t *total_raw, prt_err *err);
 int prt_unpack_data(const uint8_t *data, size_t len, const prt_entry *entries,
                     uint32_t count, uint8_t *out, size_t out_len, prt_err *err);
-/* prt_unpack_data over up to nthreads threads; hex128s, when not NULL,
- * receives each entry's XXH3-128 hex digest (count * PRT_HEX128_LEN chars). */
-int prt_unpack_data_par(const uint8_t *data, size_t len, const prt_entry *entries,
-                        uint32_t count, uint8_t *out, size_t out_len,
+/* prt_unpack_data of entries first .. first + count - 1 (of the n the index
+ * gave) over up to nthreads threads; hex128s, when not NULL, receives
+ * entry i's XXH3-128 hex digest at i * PRT_HEX128_LEN. */
+int prt_unpack_data_par(const uint8_t *data, size_t len, const prt_entry *entries, uint32_t n,
+                        uint32_t first, uint32_t count, uint8_t *out, size_t out_len,
                         unsigned nthreads, char *hex128s, prt_err *err);
+/* prt_unpack_data_par on a thread of its own: prt_unpack_start returns at
+ * once (or, when no thread can be started, after doing the work), and
+ * prt_unpack_finish waits and gives the result. Every start must be
+ * finished, and nothing the job points at may change or be freed before. */
+typedef struct {
+    const uint8_t *data;
+    size_t len;
+    const prt_entry *entries;
+    uint32_t n;
+    uint32_t first;
+    uint32_t count;
+    uint8_t *out;
+    size_t out_len;
+    unsigned nthreads;
+    char *hex128s;
+    int rc;                        /* private from here on */
+    prt_err err;
+    int running;
+    unsigned char thread[64];
+} prt_unpack_job;
+
+int prt_unpack_start(prt_unpack_job *job, prt_err *err);
+int prt_unpack_finish(prt_unpack_job *job, prt_err *err);
 /* One entry packed on its own (what prt_pack does per entry), for callers
  * that assemble a container later from entries packed ahead of time. */
 int prt_entry_bound(size_t len, size_t *out_bound, prt_err *err);

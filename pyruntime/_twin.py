@@ -425,6 +425,34 @@ def pack_stored(items: Sequence[tuple[bytes, PackedEntry]], *, head_only: bool =
     return b"".join([header, index, *(e.stored for _, e in items)])
 
 
+class Unpacking:
+    """The twin of the C side's container being unpacked: everything is
+    unpacked and checked up front (so errors come out of
+    :func:`unpack_begin`, in the order the C side's would), and
+    :meth:`run` has nothing left to do."""
+
+    def __init__(self, entries: list[tuple[bytes, bytes]]) -> None:
+        self.names = [n for n, _ in entries]
+        self.views = [memoryview(c).toreadonly() for _, c in entries]
+        self.sizes = [len(c) for _, c in entries]
+        self._digests = [hash_bytes(c) for _, c in entries]
+
+    def run(self, first: int, count: int, nthreads: int) -> None:
+        del first, count, nthreads
+
+    start = run
+
+    def finish(self) -> None:
+        pass
+
+    def digests(self) -> list[str]:
+        return list(self._digests)
+
+
+def unpack_begin(data: bytes | bytearray | memoryview, max_entry: int, max_total: int) -> Unpacking:
+    return Unpacking(unpack(data, max_entry, max_total))
+
+
 def unpack_views(
     data: bytes | bytearray | memoryview, max_entry: int, max_total: int, nthreads: int
 ) -> tuple[list[bytes], list[memoryview], list[str]]:

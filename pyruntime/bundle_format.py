@@ -433,53 +433,69 @@ def _file_at(kernels: list[dict[str, Any]], i: int) -> tuple[str, str]:
     raise IndexError(i)
 
 
-def _unpack(data: Buffer) -> tuple[list[tuple[str, memoryview]], list[str]]:
-    """:func:`pyruntime.packing.unpack` with the same checks, on
-    ``PYRUNTIME_IO_THREADS`` threads, giving read-only views into one buffer
-    (no copy per entry) and each entry's XXH3-128 digest (computed while
-    the entry is still in cache)."""
-    names, views, digests = native.backend.unpack_views(
-        data, packing.DEFAULT_MAX_ENTRY, packing.DEFAULT_MAX_TOTAL, _env.io_threads())
-    entries = []
-    for i, (raw, view) in enumerate(zip(names, views)):
+def _entry_names(raw: list[bytes]) -> list[str]:
+    names = []
+    for i, name in enumerate(raw):
         try:
-            entries.append((raw.decode("utf-8"), view))
+            names.append(name.decode("utf-8"))
         except UnicodeDecodeError:
-            raise BundleFormatError(f"entry {i}: name is not valid UTF-8") from None
-    return entries, digests
+            raise BundleFormatError(f"bad bundle container: entry {i}: name is not valid UTF-8") from None
+    return names
 
 
 def decode(data: Buffer) -> TritonBundle:
     """Verify ``data`` completely, then build the :class:`TritonBundle`.
     Payloads are read-only views into the unpacked blobs (no copies)."""
     try:
-        entries, digests = _unpack(data)
+        u = native.backend.unpack_begin(data, packing.DEFAULT_MAX_ENTRY, packing.DEFAULT_MAX_TOTAL)
+        names = _entry_names(u.names)
+        head = min(2, len(names))
+        u.run(0, head, 1)
     except BundleFormatError as e:
         raise BundleFormatError(f"bad bundle container: {e}") from None
-    if len(entries) < 2 or entries[0][0] != HEADER_NAME or entries[1][0] != KERNELS_NAME:
+    if len(names) < 2 or names[0] != HEADER_NAME or names[1] != KERNELS_NAME:
         raise BundleFormatError(
             f"not a kernel bundle: the container does not start with {HEADER_NAME} and {KERNELS_NAME}"
         )
-    header = parse_header(entries[0][1])
-    kernels_raw = entries[1][1]
-    blobs = [content for _, content in entries[2:]]
-    names = [name for name, _ in entries[2:]]
-    if names != [f"{BLOB_PREFIX}{i}" for i in range(len(header["blobs"]))]:
-        raise _fail(f"entries {names[:8]} do not match the {len(header['blobs'])} blobs the header lists")
+    # The blobs are decompressed and verified on a C thread while Python
+    # checks the kernel table and builds the bundle around views of where
+    # they land. Nothing is returned before every blob is verified, and a
+    # damaged container is the error even when the table is bad too, as if
+    # it had all been unpacked first.
+    u.start(head, len(names) - head, _env.io_threads())
+    try:
+        bundle, kernels_raw = _build(u, names)
+    finally:
+        try:
+            u.finish()
+        except BundleFormatError as e:
+            raise BundleFormatError(f"bad bundle container: {e}") from None
+    if digest_of(kernels_raw, u.digests()[2:]) != bundle.content_digest:
+        raise BundleFormatError("bundle content digest mismatch: the header does not describe these bytes")
+    return bundle
+
+
+def _build(u: Any, names: list[str]) -> tuple[TritonBundle, memoryview]:
+    """Check the header and kernel table against the container and build
+    the bundle (the blobs need not be unpacked yet: only their sizes and
+    places are used). Returns it and the raw kernel table for the digest."""
+    header = parse_header(u.views[0])
+    kernels_raw = u.views[1]
+    blobs = u.views[2:]
+    if names[2:] != [f"{BLOB_PREFIX}{i}" for i in range(len(header["blobs"]))]:
+        raise _fail(f"entries {names[2:10]} do not match the {len(header['blobs'])} blobs the header lists")
     for i, (want, blob) in enumerate(zip(header["blobs"], blobs)):
         if len(blob) != want:
             raise _fail(f"blob {i} holds {len(blob)} bytes, the header says {want}")
-    if digest_of(kernels_raw, digests[2:]) != header["content_digest"]:
-        raise BundleFormatError("bundle content digest mismatch: the header does not describe these bytes")
     kernels, columns = parse_kernels(kernels_raw)
     _check_tiling(kernels, columns, blobs)
     targets = sorted({k["target"] for k in kernels if k["target"]})
     if header["targets"] != targets:
         raise _fail(f"header targets {header['targets']} differ from the kernels' targets {targets}")
 
-    names, blob_of, offs, sizes = columns
+    file_names, blob_of, offs, sizes = columns
     payloads = [blobs[b][o:o + n] for b, o, n in zip(blob_of, offs, sizes)]
-    arts = list(map(TritonKernelArtifact, names, payloads))
+    arts = list(map(TritonKernelArtifact, file_names, payloads))
     out = []
     first = 0
     for k in kernels:
@@ -490,8 +506,8 @@ def decode(data: Buffer) -> TritonBundle:
     bundle = TritonBundle(out, header["triton_version"], header["pyruntime_version"], header["content_digest"],
                           triton_abi=header.get("triton_abi"))
     mark_checked(bundle)
-    object.__setattr__(bundle, "_table", FileTable(blobs, names, blob_of, offs, sizes))
-    return bundle
+    object.__setattr__(bundle, "_table", FileTable(blobs, file_names, blob_of, offs, sizes))
+    return bundle, kernels_raw
 
 
 def read_file(path: str | os.PathLike[str]) -> bytes:

@@ -34,6 +34,7 @@ class PythonBackend:
     unpack = staticmethod(_twin.unpack)
     pack_entry = staticmethod(_twin.pack_entry)
     pack_stored = staticmethod(_twin.pack_stored)
+    unpack_begin = staticmethod(_twin.unpack_begin)
     unpack_views = staticmethod(_twin.unpack_views)
     read_files = staticmethod(_twin.read_files)
     write_kernels = staticmethod(_twin.write_kernels)
@@ -254,26 +255,25 @@ class CBackend:
         self.check(rc, err, BundleFormatError)
         return ffi.buffer(out, out_len[0])[:]
 
-    def unpack_views(self, data: Any, max_entry: int, max_total: int,
-                     nthreads: int) -> tuple[list[bytes], list[memoryview], list[str]]:
-        ffi, lib = self.ffi, self.lib
+    def unpack_begin(self, data: Any, max_entry: int, max_total: int) -> _CUnpacking:
+        """Check a container's header and index and set its output memory
+        aside; :meth:`_CUnpacking.run` then unpacks ranges of entries."""
         src, entries, n, total, err = self._unpack_index(data, max_entry, max_total)
-        block, mv = _output_block(ffi, self._scratch, total[0])
-        hexes = ffi.new("char[]", max(n, 1) * 33)
-        # a thread per UNPACK_PER_THREAD raw bytes, up to nthreads: starting
-        # one costs about what decompressing that much does
-        threads = max(1, min(nthreads, total[0] // UNPACK_PER_THREAD))
-        rc = lib.prt_unpack_data_par(src, len(src), entries, n, block, total[0], threads, hexes, err)
-        self.check(rc, err, BundleFormatError)
+        block, mv = _output_block(self.ffi, self._scratch, total[0])
         raw = memoryview(data).cast("B")
-        digests = ffi.buffer(hexes, n * 33)[:]
-        names, views, hexs = [], [], []
+        names, views, sizes = [], [], []
         for i in range(n):
             e = entries[i]
             names.append(bytes(raw[e.name_off:e.name_off + e.name_len]))
             views.append(mv[e.out_off:e.out_off + e.raw_size])
-            hexs.append(digests[i * 33:i * 33 + 32].decode("ascii"))
-        return names, views, hexs
+            sizes.append(e.raw_size)
+        return _CUnpacking(self, src, entries, n, block, total[0], names, views, sizes)
+
+    def unpack_views(self, data: Any, max_entry: int, max_total: int,
+                     nthreads: int) -> tuple[list[bytes], list[memoryview], list[str]]:
+        u = self.unpack_begin(data, max_entry, max_total)
+        u.run(0, len(u.names), nthreads)
+        return u.names, u.views, u.digests()
 
     # -- kernel directories -------------------------------------------------
     def read_files(self, directory: str, names: Sequence[str | None], offsets: Sequence[int],
@@ -319,6 +319,68 @@ class CBackend:
                                    max(1, nthreads), int(do_fsync), err)
         self.check(rc, err, OSError)
         return [(cjobs[j].renamed, cjobs[j].bytes) for j in range(len(jobs))]
+
+
+class _CUnpacking:
+    """A container being unpacked by the C core: ``names``, ``views`` (each
+    entry's place in the output, valid once :meth:`run` covered it) and
+    ``sizes`` of every entry. :meth:`run` may be called from another thread
+    (the C call releases the GIL) for entries no other call covers."""
+
+    def __init__(self, backend: CBackend, src: Any, entries: Any, n: int, block: Any, total: int,
+                 names: list[bytes], views: list[memoryview], sizes: list[int]) -> None:
+        self._backend, self._src, self._entries, self._n = backend, src, entries, n
+        self._block, self._total = block, total
+        self._hexes = backend.ffi.new("char[]", max(n, 1) * 33)
+        self._job: Any = None
+        self._job_pid = 0
+        self.names, self.views, self.sizes = names, views, sizes
+
+    def run(self, first: int, count: int, nthreads: int) -> None:
+        """Decompress and verify entries ``first .. first + count - 1``;
+        raises :class:`BundleFormatError` naming the lowest bad one."""
+        b = self._backend
+        # a thread per UNPACK_PER_THREAD raw bytes, up to nthreads: starting
+        # one costs about what decompressing that much does
+        threads = max(1, min(nthreads, sum(self.sizes[first:first + count]) // UNPACK_PER_THREAD))
+        err = b.ffi.new("prt_err *")
+        rc = b.lib.prt_unpack_data_par(self._src, len(self._src), self._entries, self._n, first, count,
+                                       self._block, self._total, threads, self._hexes, err)
+        b.check(rc, err, BundleFormatError)
+
+    def start(self, first: int, count: int, nthreads: int) -> None:
+        """:meth:`run` on a C thread of its own, returning at once; the
+        caller must :meth:`finish` (in a ``finally``) before it reads the
+        entries or drops this object."""
+        b = self._backend
+        threads = max(1, min(nthreads, sum(self.sizes[first:first + count]) // UNPACK_PER_THREAD))
+        job = b.ffi.new("prt_unpack_job *")
+        job.data, job.len, job.entries, job.n = self._src, len(self._src), self._entries, self._n
+        job.first, job.count, job.out, job.out_len = first, count, self._block, self._total
+        job.nthreads, job.hex128s = threads, self._hexes
+        b.check(b.lib.prt_unpack_start(job, b.ffi.NULL))
+        self._job, self._job_pid = job, os.getpid()
+
+    def finish(self) -> None:
+        """Wait for :meth:`start`'s thread; raises what :meth:`run` would."""
+        job, self._job = self._job, None
+        if job is None:
+            return
+        if self._job_pid != os.getpid():  # forked meanwhile: the thread is the parent's
+            raise BundleFormatError("the bundle was being unpacked when this process forked; load it again")
+        b = self._backend
+        err = b.ffi.new("prt_err *")
+        b.check(b.lib.prt_unpack_finish(job, err), err, BundleFormatError)
+
+    def __del__(self) -> None:
+        # never free what a running thread writes into
+        if getattr(self, "_job", None) is not None and self._job_pid == os.getpid():
+            self._backend.lib.prt_unpack_finish(self._job, self._backend.ffi.NULL)
+
+    def digests(self) -> list[str]:
+        """Each entry's XXH3-128 hex digest (after :meth:`run` covered it)."""
+        raw = self._backend.ffi.buffer(self._hexes, self._n * 33)[:]
+        return [raw[i * 33:i * 33 + 32].decode("ascii") for i in range(self._n)]
 
 
 HUGE_OUTPUT = 8 << 20  # unpacked bundles this large go to their own mapping

@@ -525,6 +525,46 @@ def test_not_a_bundle():
         TritonBundle.from_bytes(pyruntime.packing.pack([("header.json", b"{}"), ("kernels.json", b"[]")]))
 
 
+def _big_blobs(n: int = 3, size: int = 200_000) -> list[bytes]:
+    """Blobs large enough to be unpacked on more than one thread."""
+    return [(os.urandom(500) * (size // 500 + 1))[:size] for _ in range(n)]
+
+
+def _damage_last_blob(data: bytes) -> bytes:
+    """Flip a byte inside the last entry's stored bytes (the container's tail)."""
+    out = bytearray(data)
+    out[-100] ^= 0x5A
+    return bytes(out)
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_large_bundles_decode_the_same_on_one_or_more_threads(threads, monkeypatch):
+    blobs = _big_blobs()
+    kernels = [_kernel(f"K{i}", [("a.cubin", i, 0, 1000), ("b.ptx", i, 1000, len(b) - 1000)])
+               for i, b in enumerate(blobs)]
+    monkeypatch.setenv("PYRUNTIME_IO_THREADS", threads)
+    bundle = TritonBundle.from_bytes(_craft(kernels, blobs))
+    got = {(k.kernel_hash, a.filename): bytes(a.payload) for k in bundle.kernel_artifacts for a in k.artifacts}
+    assert got == {(f"K{i}", name): part for i, b in enumerate(blobs)
+                   for name, part in (("a.cubin", b[:1000]), ("b.ptx", b[1000:]))}
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_a_damaged_blob_is_the_error_even_when_the_table_is_bad_too(threads, monkeypatch):
+    """A damaged container wins over a bad table, whatever the threads; each
+    alone is reported as itself."""
+    monkeypatch.setenv("PYRUNTIME_IO_THREADS", threads)
+    blobs = _big_blobs()
+    good = [_kernel(f"K{i}", [("a", i, 0, len(b))]) for i, b in enumerate(blobs)]
+    bad = good[:2] + [_kernel("K2", [("../x", 2, 0, len(blobs[2]))])]
+    with pytest.raises(BundleFormatError, match="bad bundle container"):
+        TritonBundle.from_bytes(_damage_last_blob(_craft(bad, blobs)))
+    with pytest.raises(BundleFormatError, match="bad bundle container"):
+        TritonBundle.from_bytes(_damage_last_blob(_craft(good, blobs)))
+    with pytest.raises(BundleFormatError, match="not a plain file name"):
+        TritonBundle.from_bytes(_craft(bad, blobs))
+
+
 # --------------------------------------------------------------------------
 # the life cycle
 

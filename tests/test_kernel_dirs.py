@@ -266,6 +266,57 @@ def test_unpack_views_names_the_lowest_corrupted_entry_every_time(scenario):
                 assert str(exc.value) == f"entry '{want}': checksum mismatch", (b.name, nthreads)
 
 
+@pytest.mark.parametrize("nthreads", [1, 4])
+def test_unpacking_in_parts_and_in_the_background_matches_unpack_views(backend, nthreads):
+    """unpack_begin, then run on the first entries and start/finish on the
+    rest (a C thread on the C backend): the same views and digests as
+    unpack_views, and a corrupted entry in the background part is raised by
+    finish, naming it."""
+    entries, blob = _mixed_container(17)
+    u = backend.unpack_begin(blob, *LIMITS)
+    assert u.names == [n for n, _ in entries] and u.sizes == [len(d) for _, d in entries]
+    u.run(0, 2, 1)
+    u.start(2, len(entries) - 2, nthreads)
+    u.finish()
+    u.finish()  # a second finish has nothing left to wait for
+    assert [bytes(v) for v in u.views] == [d for _, d in entries]
+    assert u.digests() == backend.unpack_views(blob, *LIMITS, nthreads)[2]
+
+    name, _, off, stored = _data_offsets(blob)[-1]
+    bad = _flip(blob, off + stored // 2)
+    with pytest.raises(BundleFormatError, match=name.decode()):
+        u = backend.unpack_begin(bad, *LIMITS)
+        u.run(0, 2, 1)
+        u.start(2, len(entries) - 2, nthreads)
+        u.finish()
+
+
+def test_an_unfinished_background_unpacking_is_waited_for_when_dropped():
+    """Dropping an unpacking whose C thread still runs must not free the
+    memory it writes into: the object waits for it first."""
+    import gc
+
+    c = _c()
+    data = os.urandom(1 << 20)
+    for _ in range(20):
+        u = c.unpack_begin(c.pack_stored([(b"e%d" % i, c.pack_entry(data)) for i in range(8)]), *LIMITS)
+        u.start(0, 8, 4)
+        del u
+        gc.collect()
+    u = c.unpack_begin(c.pack_stored([(b"e", c.pack_entry(data))]), *LIMITS)
+    u.start(0, 1, 1)
+    u.finish()
+    assert bytes(u.views[0]) == data
+
+
+def test_unpacking_a_range_outside_the_index_is_refused():
+    c = _c()
+    u = c.unpack_begin(PY.pack([(b"a", b"x"), (b"b", b"y")]), *LIMITS)
+    with pytest.raises(OSError) as exc:
+        u.run(1, 2, 1)
+    assert exc.value.errno == errno.EINVAL
+
+
 # --------------------------------------------------------------------------
 # 2. read_files
 
