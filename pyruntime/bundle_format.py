@@ -41,6 +41,7 @@ layout is in docs/FORMAT.md, "Bundle file".
 from __future__ import annotations
 
 import json
+import operator
 import os
 import re
 from typing import Any
@@ -142,10 +143,10 @@ def is_checked(bundle: TritonBundle) -> bool:
     if pre is None:
         return False
     kernels = bundle.kernel_artifacts
-    if len(kernels) != len(pre[0]) or any(x is not y for x, y in zip(kernels, pre[0])):
+    if len(kernels) != len(pre[0]) or not all(map(operator.is_, kernels, pre[0])):
         return False
     flat = [a for k in kernels for a in k.artifacts]
-    return len(flat) == len(pre[1]) and all(x is y for x, y in zip(flat, pre[1]))
+    return len(flat) == len(pre[1]) and all(map(operator.is_, flat, pre[1]))
 
 
 def _untouched_collect(bundle: TritonBundle) -> tuple[list[list[int]], list[PackedEntry]] | None:
@@ -157,10 +158,11 @@ def _untouched_collect(bundle: TritonBundle) -> tuple[list[list[int]], list[Pack
     return bundle._packed
 
 
-def decoded_table(bundle: TritonBundle) -> FileTable | None:
+def decoded_table(bundle: TritonBundle, checked: bool | None = None) -> FileTable | None:
     """The flat file table :func:`decode` built, pointing into the unpacked
-    blobs, while the bundle is unchanged; else ``None``."""
-    if bundle._table is None or not is_checked(bundle):
+    blobs, while the bundle is unchanged (``checked``: what
+    :func:`is_checked` gave, when the caller knows); else ``None``."""
+    if bundle._table is None or not (is_checked(bundle) if checked is None else checked):
         return None
     return bundle._table
 

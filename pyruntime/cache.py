@@ -294,13 +294,13 @@ def _dir_has_files(path: str) -> bool:
         return False
 
 
-def _file_table(bundle: TritonBundle) -> FileTable:
+def _file_table(bundle: TritonBundle, checked: bool | None = None) -> FileTable:
     """Every file of ``bundle`` in kernel order: the table a decode built
     (pointing into the unpacked blobs) while the bundle is unchanged, else
     one blob per artifact."""
     from .bundle_format import decoded_table
 
-    table = decoded_table(bundle)
+    table = decoded_table(bundle, checked)
     if table is not None:
         return table
     arts = [a for k in bundle.kernel_artifacts for a in k.artifacts]
@@ -330,7 +330,8 @@ def restore(
     the guarantees and the ``on_mismatch``/``target`` policy."""
     from .bundle_format import check_bundle, is_checked
 
-    if not is_checked(bundle):  # a bundle just loaded or collected was checked then
+    checked = is_checked(bundle)
+    if not checked:  # a bundle just loaded or collected was checked then
         check_bundle(bundle)
     check_target(target)
     policy = _policy(on_mismatch)
@@ -390,7 +391,7 @@ def restore(
     # PYRUNTIME_IO_THREADS threads in C; the test hook needs the twin)
     hook = _after_file_hook
     backend = _twin if hook is not None else native.backend
-    table = _file_table(bundle) if jobs else None
+    table = _file_table(bundle, checked) if jobs else None
     for root, todo_here in jobs.items():
         threads = max(1, min(_env.io_threads(), len(todo_here) // KERNELS_PER_THREAD))
         done = backend.write_kernels(root, table, [j for _, j in todo_here], threads, do_fsync,
