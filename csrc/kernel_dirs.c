@@ -7,7 +7,11 @@
  * PRT_E_CHANGED, and the Python side reads that kernel again.
  *
  * prt_write_kernels is the file-system half of pyruntime.cache.restore (the
- * Python side decides what to write and verifies the bundle first). A kernel is
+ * Python side decides what to write and verifies the bundle first). Its
+ * input is one flat file table (names, and where each file's bytes lie in
+ * a few blobs: for a loaded bundle, its unpacked blobs), so no per-file
+ * object is built; the [REPLACE] sentinel in .json files is swapped for the
+ * kernel's directory here, as the file is written. A kernel is
  * mkdir tmp -> create + write each file -> (fsync files and dir) -> rename
  * onto its final name. The rename is what makes a kernel visible, so a
  * reader never sees a partial one; when the final name already holds a

@@ -375,7 +375,8 @@ def restore(
     for n, (root, k) in enumerate(todo):
         names = listings.get(root)
         if names is None:
-            os.makedirs(root, exist_ok=True)
+            if not os.path.isdir(root):
+                os.makedirs(root, exist_ok=True)
             names = set(os.listdir(root))
             litter = [x for x in names if x.startswith(TMP_PREFIX)]
             if litter:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
+from array import array
 from typing import Any, Sequence
 
 from . import _twin, config
@@ -303,12 +304,14 @@ class CBackend:
         job_names = "".join(f"{tmp}\0{final}\0" for tmp, final, _, _ in jobs).encode()
         sentinel, prefix = swap if swap is not None else (b"", b"")
         t = ffi.new("prt_file_table *")
+        # the columns go through array(): a C-speed conversion, where
+        # ffi.new converts list items one by one
         keep = (ffi.new("uint8_t *[]", blobs) if nblobs else ffi.NULL,
                 ffi.new("size_t[]", [len(b) for b in blobs]) if nblobs else ffi.NULL,
                 ffi.from_buffer(names),
-                ffi.new("uint32_t[]", table.blob_of) if n else ffi.NULL,
-                ffi.new("uint64_t[]", table.offs) if n else ffi.NULL,
-                ffi.new("uint64_t[]", table.sizes) if n else ffi.NULL,
+                ffi.from_buffer("uint32_t[]", array(_U32, table.blob_of)) if n else ffi.NULL,
+                ffi.from_buffer("uint64_t[]", array("Q", table.offs)) if n else ffi.NULL,
+                ffi.from_buffer("uint64_t[]", array("Q", table.sizes)) if n else ffi.NULL,
                 ffi.from_buffer(sentinel), ffi.from_buffer(prefix))
         t.blobs, t.blob_lens, t.names, t.blob_of, t.offs, t.sizes, t.sentinel, t.prefix = keep
         t.nblobs, t.names_len, t.nfiles = nblobs, len(names), n
@@ -382,6 +385,8 @@ class _CUnpacking:
         raw = self._backend.ffi.buffer(self._hexes, self._n * 33)[:]
         return [raw[i * 33:i * 33 + 32].decode("ascii") for i in range(self._n)]
 
+
+_U32 = next(t for t in "IL" if array(t).itemsize == 4)  # array typecode of uint32_t
 
 HUGE_OUTPUT = 8 << 20  # unpacked bundles this large go to their own mapping
 UNPACK_PER_THREAD = 384 << 10  # raw bytes worth a thread of their own
