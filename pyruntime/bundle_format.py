@@ -273,11 +273,15 @@ def _is_uint(v: Any) -> bool:
     return type(v) is int and v >= 0
 
 
+# one decoder for every parse: json.loads with a hook builds a new one per call
+_JSON = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys)
+
+
 def _parse_json(raw: Buffer, what: str) -> Any:
     if len(raw) > MAX_JSON:
         raise _fail(f"{what} is {len(raw)} bytes, over the {MAX_JSON}-byte limit")
     try:
-        return json.loads(bytes(raw).decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+        return _JSON.decode(str(raw, "utf-8"))
     except BundleFormatError:
         raise
     except (ValueError, RecursionError) as e:

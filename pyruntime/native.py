@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
+import struct
 from array import array
 from typing import Any, Sequence
 
@@ -67,6 +68,9 @@ class CBackend:
                 f"pyruntime._native has ABI version {got}, the Python package expects "
                 f"{ABI_VERSION}: rebuild it with `pip install .` (stale build)"
             )
+        if self.ffi.sizeof("prt_entry") != _ENTRY.size:
+            raise ImportError(f"pyruntime._native lays prt_entry out in {self.ffi.sizeof('prt_entry')} bytes, "
+                              f"the Python package reads {_ENTRY.size}: rebuild it with `pip install .`")
         lib = self.lib
         self._status_text = {
             lib.PRT_E_EOF: "end of stream at a frame boundary",
@@ -262,13 +266,11 @@ class CBackend:
         src, entries, n, total, err = self._unpack_index(data, max_entry, max_total)
         block, mv = _output_block(self.ffi, self._scratch, total[0])
         raw = memoryview(data).cast("B")
-        names, views, sizes = [], [], []
-        for i in range(n):
-            e = entries[i]
-            names.append(bytes(raw[e.name_off:e.name_off + e.name_len]))
-            views.append(mv[e.out_off:e.out_off + e.raw_size])
-            sizes.append(e.raw_size)
-        return _CUnpacking(self, src, entries, n, block, total[0], names, views, sizes)
+        # the index records in one go (a cdata field read costs more than a tuple item)
+        recs = list(_ENTRY.iter_unpack(self.ffi.buffer(entries, n * _ENTRY.size))) if n else []
+        names = [bytes(raw[r[0]:r[0] + r[1]]) for r in recs]
+        views = [mv[r[7]:r[7] + r[3]] for r in recs]
+        return _CUnpacking(self, src, entries, n, block, total[0], names, views, [r[3] for r in recs])
 
     def unpack_views(self, data: Any, max_entry: int, max_total: int,
                      nthreads: int) -> tuple[list[bytes], list[memoryview], list[str]]:
@@ -387,9 +389,13 @@ class _CUnpacking:
 
 
 _U32 = next(t for t in "IL" if array(t).itemsize == 4)  # array typecode of uint32_t
+# prt_entry as the C side lays it out (checked against the compiled module
+# in CBackend.__init__): name_off, name_len, method, raw_size, comp_size,
+# data_off, checksum, out_off
+_ENTRY = struct.Struct("=QIIQQQQQ")
 
 HUGE_OUTPUT = 8 << 20  # unpacked bundles this large go to their own mapping
-UNPACK_PER_THREAD = 384 << 10  # raw bytes worth a thread of their own
+UNPACK_PER_THREAD = 256 << 10  # raw bytes worth a thread of their own (~100 us of LZ4)
 
 
 def _output_block(ffi: Any, scratch: Any, size: int) -> tuple[Any, memoryview]:
