@@ -3,9 +3,9 @@
 Imported by setup.py through ``cffi_modules=["csrc/build_ffi.py:ffibuilder"]``;
 it never imports :mod:`pyruntime`. Environment knobs read at build time:
 
-``PYRUNTIME_SANITIZE=1``
-    compile with ``-fsanitize=address,undefined`` (tests only: the module
-    then needs libasan preloaded).
+``PYRUNTIME_SANITIZE=1`` (or ``thread``)
+    compile with ``-fsanitize=address,undefined`` (or ``-fsanitize=thread``);
+    tests only: the module then needs libasan (libtsan) preloaded.
 ``PYRUNTIME_STATIC_DEPS=1``
     link liblz4 and libxxhash statically (self-contained wheels).
 """
@@ -82,8 +82,10 @@ def _make_builder() -> FFI:
     include_dirs, libraries, extra_link = _find_deps()
     cflags = ["-O2", "-Wall", "-Wextra", "-Werror", "-std=gnu11", "-fvisibility=hidden", "-pthread"]
     ldflags = list(extra_link) + ["-pthread"]
-    if os.environ.get("PYRUNTIME_SANITIZE") == "1":
-        san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all"]
+    sanitize = os.environ.get("PYRUNTIME_SANITIZE", "")
+    if sanitize in ("1", "thread"):
+        san = (["-fsanitize=thread"] if sanitize == "thread" else
+               ["-fsanitize=address,undefined", "-fno-sanitize-recover=all"]) + ["-fno-omit-frame-pointer"]
         cflags = [f for f in cflags if f != "-O2"] + ["-O1", "-g"] + san
         ldflags += san
     ffi = FFI()

@@ -237,7 +237,7 @@ static int check_table(const prt_file_table *t, const prt_kernel_job *jobs, size
     return 0;
 }
 
-int prt_write_kernels(const char *root, const prt_file_table *table,
+int prt_write_kernels(prt_pool *pool, const char *root, const prt_file_table *table,
                       const char *job_names, size_t job_names_len,
                       prt_kernel_job *jobs, size_t njobs,
                       unsigned nthreads, int do_fsync, prt_err *err)
@@ -269,7 +269,7 @@ int prt_write_kernels(const char *root, const prt_file_table *table,
         return prt_fail(err, -e, "open %s: %s", root, strerror_r(e, buf, sizeof(buf)));
     }
     write_ctx c = {root_fd, root, table, names, names + table->nfiles, jobs, do_fsync};
-    rc = prt_parallel_for(njobs, nthreads, write_kernel, &c, err);
+    rc = prt_parallel_for(pool, njobs, nthreads, write_kernel, &c, err);
     close(root_fd);
     free(names);
     return rc;

@@ -16,6 +16,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <lz4.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -492,53 +493,82 @@ static int unpack_item(void *arg, size_t i, prt_err *err)
     return unpack_one(c->data, c->len, &c->entries[e], e, c->out, c->out_len, hex, err);
 }
 
-int prt_unpack_data_par(const uint8_t *data, size_t len, const prt_entry *entries, uint32_t n,
-                        uint32_t first, uint32_t count, uint8_t *out, size_t out_len,
+int prt_unpack_data_par(prt_pool *pool, const uint8_t *data, size_t len, const prt_entry *entries,
+                        uint32_t n, uint32_t first, uint32_t count, uint8_t *out, size_t out_len,
                         unsigned nthreads, char *hex128s, prt_err *err)
 {
     if (first > n || count > n - first)
         return prt_fail(err, -EINVAL, "entries %u..%u of %u", first, first + count, n);
     unpack_ctx c = {data, len, entries, first, out, out_len, hex128s};
-    return prt_parallel_for(count, nthreads, unpack_item, &c, err);
+    return prt_parallel_for(pool, count, nthreads, unpack_item, &c, err);
 }
 
-/* The blobs of a bundle being loaded are unpacked on a thread of their own
- * while Python checks the kernel table: a C thread, because a Python one
- * would wait for the GIL that the checking holds. */
-static void *unpack_in_background(void *arg)
+/* The blobs of a bundle being loaded are unpacked in the background while
+ * Python checks the kernel table: on C threads, because a Python one would
+ * wait for the GIL that the checking holds. */
+static void unpack_job(prt_unpack_job *job)
 {
-    prt_unpack_job *job = arg;
     job->err.code = 0;
     job->err.msg[0] = '\0';
-    job->rc = prt_unpack_data_par(job->data, job->len, job->entries, job->n, job->first, job->count,
-                                  job->out, job->out_len, job->nthreads, job->hex128s, &job->err);
+    job->rc = prt_unpack_data_par(job->pool, job->data, job->len, job->entries, job->n, job->first,
+                                  job->count, job->out, job->out_len, job->nthreads, job->hex128s,
+                                  &job->err);
+}
+
+static prt_task *job_task(prt_unpack_job *job)
+{
+    _Static_assert(sizeof(prt_task) <= sizeof(job->task), "a task fits the job");
+    return (prt_task *)(void *)job->task;
+}
+
+static void run_job_task(prt_task *t)
+{
+    unpack_job((prt_unpack_job *)(void *)((char *)t - offsetof(prt_unpack_job, task)));
+}
+
+static void *run_job_thread(void *arg)
+{
+    unpack_job(arg);
     return NULL;
 }
 
-int prt_unpack_start(prt_unpack_job *job, prt_err *err)
+int prt_unpack_start(prt_pool *pool, prt_unpack_job *job, prt_err *err)
 {
     _Static_assert(sizeof(pthread_t) <= sizeof(job->thread), "pthread_t fits the job");
-    pthread_t t;
+    (void)err;
+    job->pool = pool;
     job->running = 0;
-    if (pthread_create(&t, NULL, unpack_in_background, job) != 0) {
-        unpack_in_background(job);  /* no thread to be had: the work is done now */
+    if (pool != NULL) {
+        prt_task *t = job_task(job);
+        t->run = run_job_task;
+        prt_pool_submit(pool, t);
+        job->running = 1;
+        return 0;
+    }
+    pthread_t t;
+    if (pthread_create(&t, NULL, run_job_thread, job) != 0) {
+        unpack_job(job);  /* no thread to be had: the work is done now */
         return 0;
     }
     memcpy(job->thread, &t, sizeof(t));
     job->running = 1;
-    (void)err;
     return 0;
 }
 
 int prt_unpack_finish(prt_unpack_job *job, prt_err *err)
 {
     if (job->running) {
-        pthread_t t;
-        memcpy(&t, job->thread, sizeof(t));
-        int e = pthread_join(t, NULL);
         job->running = 0;
-        if (e != 0)
-            return prt_fail(err, -e, "cannot join the unpacking thread");
+        if (job->pool != NULL) {
+            if (prt_pool_reclaim(job->pool, job_task(job)))
+                unpack_job(job);  /* no worker took it up yet: do it here */
+        } else {
+            pthread_t t;
+            memcpy(&t, job->thread, sizeof(t));
+            int e = pthread_join(t, NULL);
+            if (e != 0)
+                return prt_fail(err, -e, "cannot join the unpacking thread");
+        }
     }
     if (job->rc != 0 && err != NULL)
         *err = job->err;

@@ -1,21 +1,159 @@
-/* A parallel for-loop over threads that live only for the call.
+/* A parallel for-loop, on a pool of worker threads kept between calls or
+ * on threads that live only for the call.
  *
  * The bundle hot paths are many independent items (LZ4 blocks to unpack,
  * kernel directories to write) whose cost is memory copies and file-system
  * calls, not Python: spreading them over a few threads cuts their wall time
- * on any multi-core machine. No thread outlives the call, nothing is shared
- * but the next-item counter and the first failure, and a failed
- * pthread_create only means fewer helpers (the caller's thread always
- * works), so this never fails for lack of threads. */
+ * on any multi-core machine. Starting a thread costs 20-70 us (more on a
+ * VM), about what the work of a whole small call is, so the Python side
+ * keeps a pool (prt_pool_new) and passes it in; NULL means a thread per
+ * helper, started and joined in the call.
+ *
+ *   caller --submit--> [pool queue] --> worker: run_items()
+ *     |                                      |
+ *     +-- run_items() itself                 |
+ *     +-- cancel helpers not started yet     |
+ *     +-- wait for the started ones <--done--+
+ *
+ * The caller always works on the items, so nothing ever waits for a task
+ * that has not started: a busy pool means fewer helpers, never a deadlock,
+ * also when a task on a worker runs a loop of its own. Nothing is shared
+ * but the next-item counter and the first failure, and a thread that
+ * cannot be started only means fewer helpers. The pool is the caller's
+ * object: no global state. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "prt_core.h"
 
 #define PRT_MAX_THREADS 64u
+
+/* ---- the pool ---- */
+
+struct prt_pool {
+    pthread_mutex_t lock;   /* guards the queue, task states and stop */
+    pthread_cond_t work;    /* a task was queued, or stop was set */
+    pthread_cond_t done;    /* a task finished */
+    prt_task *head, *tail;
+    int stop;
+    unsigned nthreads;
+    pthread_t threads[PRT_MAX_THREADS];
+};
+
+static void *worker(void *arg)
+{
+    prt_pool *p = arg;
+    pthread_mutex_lock(&p->lock);
+    for (;;) {
+        while (p->head == NULL && !p->stop)
+            pthread_cond_wait(&p->work, &p->lock);
+        if (p->head == NULL)
+            break;  /* stop, and nothing left to run */
+        prt_task *t = p->head;
+        p->head = t->next;
+        if (p->head == NULL)
+            p->tail = NULL;
+        t->state = PRT_TASK_RUNNING;
+        pthread_mutex_unlock(&p->lock);
+        t->run(t);
+        pthread_mutex_lock(&p->lock);
+        t->state = PRT_TASK_DONE;  /* after this the owner may free the task */
+        pthread_cond_broadcast(&p->done);
+    }
+    pthread_mutex_unlock(&p->lock);
+    return NULL;
+}
+
+int prt_pool_new(unsigned nthreads, prt_pool **out, prt_err *err)
+{
+    *out = NULL;
+    if (nthreads == 0 || nthreads > PRT_MAX_THREADS)
+        return prt_fail(err, -EINVAL, "a pool of %u threads (1 to %u)", nthreads, PRT_MAX_THREADS);
+    prt_pool *p = calloc(1, sizeof(*p));
+    if (p == NULL)
+        return prt_fail(err, -ENOMEM, "no memory for a thread pool");
+    if (pthread_mutex_init(&p->lock, NULL) != 0) {
+        free(p);
+        return prt_fail(err, -ENOMEM, "cannot create a mutex");
+    }
+    if (pthread_cond_init(&p->work, NULL) != 0 || pthread_cond_init(&p->done, NULL) != 0) {
+        pthread_mutex_destroy(&p->lock);
+        free(p);  /* a condition variable that did init holds no resource on Linux */
+        return prt_fail(err, -ENOMEM, "cannot create a condition variable");
+    }
+    for (unsigned t = 0; t < nthreads; t++) {
+        if (pthread_create(&p->threads[p->nthreads], NULL, worker, p) != 0)
+            break;  /* fewer workers; the callers work too */
+        p->nthreads++;
+    }
+    *out = p;
+    return 0;
+}
+
+void prt_pool_free(prt_pool *p)
+{
+    if (p == NULL)
+        return;
+    pthread_mutex_lock(&p->lock);
+    p->stop = 1;
+    pthread_cond_broadcast(&p->work);
+    pthread_mutex_unlock(&p->lock);
+    for (unsigned t = 0; t < p->nthreads; t++)
+        pthread_join(p->threads[t], NULL);
+    pthread_cond_destroy(&p->work);
+    pthread_cond_destroy(&p->done);
+    pthread_mutex_destroy(&p->lock);
+    free(p);
+}
+
+unsigned prt_pool_size(const prt_pool *p)
+{
+    return p == NULL ? 0 : p->nthreads;
+}
+
+void prt_pool_submit(prt_pool *p, prt_task *t)
+{
+    pthread_mutex_lock(&p->lock);
+    t->next = NULL;
+    t->state = PRT_TASK_QUEUED;
+    if (p->tail != NULL)
+        p->tail->next = t;
+    else
+        p->head = t;
+    p->tail = t;
+    pthread_cond_signal(&p->work);
+    pthread_mutex_unlock(&p->lock);
+}
+
+/* Take t back if no worker started it (returns 1); else wait until it is
+ * done (returns 0). Either way the pool no longer refers to t. */
+int prt_pool_reclaim(prt_pool *p, prt_task *t)
+{
+    pthread_mutex_lock(&p->lock);
+    if (t->state == PRT_TASK_QUEUED) {
+        prt_task **link = &p->head, *prev = NULL;
+        while (*link != t) {
+            prev = *link;
+            link = &(*link)->next;
+        }
+        *link = t->next;
+        if (p->tail == t)
+            p->tail = prev;
+        t->state = PRT_TASK_DONE;
+        pthread_mutex_unlock(&p->lock);
+        return 1;
+    }
+    while (t->state != PRT_TASK_DONE)
+        pthread_cond_wait(&p->done, &p->lock);
+    pthread_mutex_unlock(&p->lock);
+    return 0;
+}
+
+/* ---- the loop ---- */
 
 typedef struct {
     size_t n;
@@ -28,6 +166,11 @@ typedef struct {
     size_t fail_i;
     prt_err fail_err;
 } par_state;
+
+typedef struct {
+    prt_task task;  /* first: a task pointer is a helper pointer */
+    par_state *s;
+} helper;
 
 static void note_failure(par_state *s, size_t i, int rc, const prt_err *err)
 {
@@ -60,7 +203,41 @@ static void *run_items(void *arg)
     return NULL;
 }
 
-int prt_parallel_for(size_t n, unsigned nthreads, prt_item_fn fn, void *ctx, prt_err *err)
+static void run_helper(prt_task *t)
+{
+    run_items(((helper *)t)->s);
+}
+
+/* The caller's thread plus up to nhelpers helpers: pool tasks, or threads
+ * of their own without a pool. */
+static void run_with_helpers(prt_pool *pool, par_state *s, unsigned nhelpers)
+{
+    if (pool != NULL) {
+        helper hs[PRT_MAX_THREADS];
+        for (unsigned t = 0; t < nhelpers; t++) {
+            hs[t].task.run = run_helper;
+            hs[t].s = s;
+            prt_pool_submit(pool, &hs[t].task);
+        }
+        run_items(s);
+        for (unsigned t = 0; t < nhelpers; t++)
+            (void)prt_pool_reclaim(pool, &hs[t].task);
+        return;
+    }
+    pthread_t threads[PRT_MAX_THREADS];
+    unsigned started = 0;
+    for (unsigned t = 0; t < nhelpers; t++) {
+        if (pthread_create(&threads[started], NULL, run_items, s) != 0)
+            break;
+        started++;
+    }
+    run_items(s);
+    for (unsigned t = 0; t < started; t++)
+        pthread_join(threads[t], NULL);
+}
+
+int prt_parallel_for(prt_pool *pool, size_t n, unsigned nthreads, prt_item_fn fn, void *ctx,
+                     prt_err *err)
 {
     par_state s;
     memset(&s, 0, sizeof(s));
@@ -75,16 +252,7 @@ int prt_parallel_for(size_t n, unsigned nthreads, prt_item_fn fn, void *ctx, prt
         nthreads = PRT_MAX_THREADS;
     if ((size_t)nthreads > n)
         nthreads = (unsigned)n;
-    pthread_t helpers[PRT_MAX_THREADS];
-    unsigned started = 0;
-    for (unsigned t = 1; t < nthreads; t++) {
-        if (pthread_create(&helpers[started], NULL, run_items, &s) != 0)
-            break;
-        started++;
-    }
-    run_items(&s);
-    for (unsigned t = 0; t < started; t++)
-        pthread_join(helpers[t], NULL);
+    run_with_helpers(pool, &s, nthreads > 1 ? nthreads - 1 : 0);
     pthread_mutex_destroy(&s.lock);
     if (s.fail_rc != 0 && err != NULL)
         *err = s.fail_err;

@@ -3,7 +3,7 @@
  * Every int-returning function follows one contract: 0 on success, or a
  * negative value that is either -errno or one of the PRT_E_* statuses. */
 
-#define PRT_ABI_VERSION 3
+#define PRT_ABI_VERSION 4
 #define PRT_FRAME_HEADER_SIZE 32
 #define PRT_PACK_HEADER_SIZE 32
 #define PRT_HEX128_LEN 33
@@ -26,6 +26,13 @@ typedef struct {
     int code;
     char msg[256];
 } prt_err;
+
+/* parallel.c: worker threads kept between calls. Functions taking a pool
+ * use its workers as helpers; NULL starts threads for the call. */
+typedef struct prt_pool prt_pool;
+int prt_pool_new(unsigned nthreads, prt_pool **out, prt_err *err);
+void prt_pool_free(prt_pool *pool);
+unsigned prt_pool_size(const prt_pool *pool);
 
 typedef struct {
     uint16_t version;
@@ -77,13 +84,16 @@ int prt_unpack_data(const uint8_t *data, size_t len, const prt_entry *entries,
 /* prt_unpack_data of entries first .. first + count - 1 (of the n the index
  * gave) over up to nthreads threads; hex128s, when not NULL, receives
  * entry i's XXH3-128 hex digest at i * PRT_HEX128_LEN. */
-int prt_unpack_data_par(const uint8_t *data, size_t len, const prt_entry *entries, uint32_t n,
+int prt_unpack_data_par(prt_pool *pool, const uint8_t *data, size_t len,
+                        const prt_entry *entries, uint32_t n,
                         uint32_t first, uint32_t count, uint8_t *out, size_t out_len,
                         unsigned nthreads, char *hex128s, prt_err *err);
-/* prt_unpack_data_par on a thread of its own: prt_unpack_start returns at
- * once (or, when no thread can be started, after doing the work), and
- * prt_unpack_finish waits and gives the result. Every start must be
- * finished, and nothing the job points at may change or be freed before. */
+/* prt_unpack_data_par in the background (a pool worker, or a thread of its
+ * own): prt_unpack_start returns at once (or, when no thread can be
+ * started, after doing the work), and prt_unpack_finish waits (or does the
+ * work itself when no worker took it up yet) and gives the result. Every
+ * start must be finished, and nothing the job points at may change or be
+ * freed before. */
 typedef struct {
     const uint8_t *data;
     size_t len;
@@ -98,10 +108,12 @@ typedef struct {
     int rc;                        /* private from here on */
     prt_err err;
     int running;
+    prt_pool *pool;
+    uint64_t task[4];
     unsigned char thread[64];
 } prt_unpack_job;
 
-int prt_unpack_start(prt_unpack_job *job, prt_err *err);
+int prt_unpack_start(prt_pool *pool, prt_unpack_job *job, prt_err *err);
 int prt_unpack_finish(prt_unpack_job *job, prt_err *err);
 /* One entry packed on its own (what prt_pack does per entry), for callers
  * that assemble a container later from entries packed ahead of time. */
@@ -146,7 +158,7 @@ typedef struct {
 
 /* job_names: per job its tmp name then its final name, NUL-terminated,
  * back to back (both plain names under root). */
-int prt_write_kernels(const char *root, const prt_file_table *table,
+int prt_write_kernels(prt_pool *pool, const char *root, const prt_file_table *table,
                       const char *job_names, size_t job_names_len,
                       prt_kernel_job *jobs, size_t njobs,
                       unsigned nthreads, int do_fsync, prt_err *err);

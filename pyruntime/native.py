@@ -14,13 +14,14 @@ from __future__ import annotations
 import errno
 import os
 import struct
+import threading
 from array import array
 from typing import Any, Sequence
 
 from . import _twin, config
 from .errors import BundleFormatError, ProtocolError
 
-ABI_VERSION = 3  # must equal PRT_ABI_VERSION in csrc/prt_core.cdef.h
+ABI_VERSION = 4  # must equal PRT_ABI_VERSION in csrc/prt_core.cdef.h
 
 
 class PythonBackend:
@@ -71,6 +72,11 @@ class CBackend:
         if self.ffi.sizeof("prt_entry") != _ENTRY.size:
             raise ImportError(f"pyruntime._native lays prt_entry out in {self.ffi.sizeof('prt_entry')} bytes, "
                               f"the Python package reads {_ENTRY.size}: rebuild it with `pip install .`")
+        self._pool: Any = None
+        self._pool_pid = -1
+        self._pool_lock = threading.Lock()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._forget_pool)
         lib = self.lib
         self._status_text = {
             lib.PRT_E_EOF: "end of stream at a frame boundary",
@@ -80,6 +86,27 @@ class CBackend:
             lib.PRT_E_TOO_LARGE: "frame payload over the length limit",
             lib.PRT_E_CHECKSUM: "frame payload checksum mismatch",
         }
+
+    # -- the worker pool -------------------------------------------------
+    def pool(self) -> Any:
+        """The C worker threads the parallel calls use (PYRUNTIME_IO_THREADS
+        of them), started on first use, and again in a forked child (which
+        has none of its parent's threads). They live as long as the process."""
+        pid = os.getpid()
+        if self._pool_pid != pid:
+            with self._pool_lock:
+                if self._pool_pid != pid:
+                    out = self.ffi.new("prt_pool **")
+                    err = self.ffi.new("prt_err *")
+                    self.check(self.lib.prt_pool_new(config.io_threads(), out, err), err, OSError)
+                    self._pool, self._pool_pid = out[0], pid
+        return self._pool
+
+    def _forget_pool(self) -> None:
+        # after a fork: the parent's workers do not exist here, and its lock
+        # may have been held by a thread that does not exist either
+        self._pool_pid = -1
+        self._pool_lock = threading.Lock()
 
     # -- the one return-code helper ---------------------------------------
     def check(self, rc: int, err: Any = None, exc: type[Exception] = ProtocolError) -> None:
@@ -320,7 +347,7 @@ class CBackend:
         t.sentinel_len, t.prefix_len = len(sentinel), len(prefix)
         cjobs = ffi.new("prt_kernel_job[]", [(first, nfiles) for _, _, first, nfiles in jobs] or 1)
         err = ffi.new("prt_err *")
-        rc = lib.prt_write_kernels(os.fsencode(root), t, job_names, len(job_names), cjobs, len(jobs),
+        rc = lib.prt_write_kernels(self.pool(), os.fsencode(root), t, job_names, len(job_names), cjobs, len(jobs),
                                    max(1, nthreads), int(do_fsync), err)
         self.check(rc, err, OSError)
         return [(cjobs[j].renamed, cjobs[j].bytes) for j in range(len(jobs))]
@@ -349,7 +376,7 @@ class _CUnpacking:
         # one costs about what decompressing that much does
         threads = max(1, min(nthreads, sum(self.sizes[first:first + count]) // UNPACK_PER_THREAD))
         err = b.ffi.new("prt_err *")
-        rc = b.lib.prt_unpack_data_par(self._src, len(self._src), self._entries, self._n, first, count,
+        rc = b.lib.prt_unpack_data_par(b.pool(), self._src, len(self._src), self._entries, self._n, first, count,
                                        self._block, self._total, threads, self._hexes, err)
         b.check(rc, err, BundleFormatError)
 
@@ -363,7 +390,7 @@ class _CUnpacking:
         job.data, job.len, job.entries, job.n = self._src, len(self._src), self._entries, self._n
         job.first, job.count, job.out, job.out_len = first, count, self._block, self._total
         job.nthreads, job.hex128s = threads, self._hexes
-        b.check(b.lib.prt_unpack_start(job, b.ffi.NULL))
+        b.check(b.lib.prt_unpack_start(b.pool(), job, b.ffi.NULL))
         self._job, self._job_pid = job, os.getpid()
 
     def finish(self) -> None:

@@ -43,7 +43,7 @@ echo "== building the sanitized C module in $SRC"
     exit 1
 }
 SO=$(ls "$SRC"/pyruntime/_native*.so)
-if ! nm -D "$SO" | grep -q __asan_; then
+if ! nm -D "$SO" | grep __asan_ >/dev/null; then  # no -q: nm must not die of SIGPIPE under pipefail
     echo "sanitize.sh: $SO has no ASan instrumentation" >&2
     exit 1
 fi
@@ -100,4 +100,36 @@ EOF
 echo "== running the core tests under ASan/UBSan"
 (cd "$SRC" && "$PY" -m pytest -q -p no:cacheprovider -m "not slow" \
     "${TESTS[@]/#/tests/}" tests/test_zz_sanitized_build.py "$@")
-echo "== sanitizer run clean in $(( $(date +%s) - start )) s"
+
+# ThreadSanitizer over the tests that run the C threads (the worker pool,
+# parallel unpacking and writing, background unpacking). TSan cannot start
+# threads in a child forked from a threaded process: that one test is left
+# to the other runs.
+LIBTSAN=$(gcc -print-file-name=libtsan.so)
+if [ ! -e "$LIBTSAN" ] || [ "$LIBTSAN" = libtsan.so ]; then
+    echo "sanitize.sh: libtsan.so not found (Debian/Ubuntu: apt-get install gcc, which ships it)" >&2
+    exit 2
+fi
+echo "== building the ThreadSanitizer C module"
+# no object file of the ASan build may be reused
+rm -f "$SRC"/pyruntime/_native*.so
+find "$SRC" -name '*.o' -delete
+(cd "$SRC" && PYRUNTIME_SANITIZE=thread "$PY" csrc/build_ffi.py >"$WORK/build-tsan.log" 2>&1) || {
+    cat "$WORK/build-tsan.log" >&2
+    exit 1
+}
+SO=$(ls "$SRC"/pyruntime/_native*.so)
+if ! nm -D "$SO" | grep __tsan_ >/dev/null || nm -D "$SO" | grep __asan_ >/dev/null; then
+    echo "sanitize.sh: $SO is not a TSan-only build" >&2
+    exit 1
+fi
+export LD_PRELOAD=$(readlink -f "$LIBTSAN") PYRUNTIME_SANITIZED_MODULE="$SO"
+export TSAN_OPTIONS=halt_on_error=1:exitcode=66
+(cd "$SRC" && "$PY" -c '
+import os, pyruntime._native as m
+assert os.path.realpath(m.__file__) == os.path.realpath(os.environ["PYRUNTIME_SANITIZED_MODULE"])
+assert "libtsan" in open("/proc/self/maps").read()')
+echo "== running the threaded C tests under TSan"
+(cd "$SRC" && "$PY" -m pytest -q -p no:cacheprovider -m "not slow" tests/test_kernel_dirs.py \
+    --deselect tests/test_kernel_dirs.py::test_a_forked_child_gets_a_pool_of_its_own "$@")
+echo "== sanitizer runs clean in $(( $(date +%s) - start )) s"

@@ -318,6 +318,104 @@ def test_unpacking_a_range_outside_the_index_is_refused():
 
 
 # --------------------------------------------------------------------------
+# 1b. the C worker pool
+
+
+@pytest.mark.timeout(120)
+def test_many_threads_share_the_pool_without_mixing_results(tmp_path):
+    """Python threads unpacking (in parts and in the background) and writing
+    at once, all through the one pool: every result is its own, and nothing
+    waits forever (a helper that no worker took up is reclaimed, so a busy
+    pool never blocks a call)."""
+    import threading
+
+    c = _c()
+    errors: list[BaseException] = []
+
+    def work(k: int, root: str) -> None:
+        try:
+            for r in range(15):
+                entries, blob = _mixed_container(9 + k)
+                names, views, digests = c.unpack_views(blob, *LIMITS, 1 + (k + r) % 5)
+                assert [bytes(v) for v in views] == [d for _, d in entries]
+                u = c.unpack_begin(blob, *LIMITS)
+                u.run(0, 1, 1)
+                u.start(1, len(entries) - 1, 4)
+                u.finish()
+                assert u.digests() == digests
+                kernels = [(f"tmp.{k}.{r}.{j}", f"t{k}r{r}k{j}", [(f"f{i}", os.urandom(300)) for i in range(3)])
+                           for j in range(5)]
+                table, jobs = table_of(kernels)
+                assert [ok for ok, _ in c.write_kernels(root, table, jobs, 3, False)] == [1] * 5
+        except BaseException as e:  # reported by the main thread
+            errors.append(e)
+
+    root = str(tmp_path)
+    threads = [threading.Thread(target=work, args=(k, root)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(100)
+    assert not any(t.is_alive() for t in threads), "a call never returned"
+    assert not errors, errors[0]
+    assert len(os.listdir(root)) == 6 * 15 * 5
+
+
+def test_without_a_pool_the_calls_start_their_own_threads(monkeypatch, tmp_path):
+    """A NULL pool (what the C calls also accept) gives the same results."""
+    c = _c()
+    monkeypatch.setattr(c, "pool", lambda: c.ffi.NULL)
+    entries, blob = _mixed_container(17)
+    names, views, digests = c.unpack_views(blob, *LIMITS, 4)
+    assert [bytes(v) for v in views] == [d for _, d in entries]
+    u = c.unpack_begin(blob, *LIMITS)
+    u.run(0, 2, 1)
+    u.start(2, len(entries) - 2, 4)
+    u.finish()
+    assert u.digests() == digests
+    jobs = _jobs(9)
+    assert _write_jobs(c, tmp_path, jobs, 4, False) == [1] * 9
+    assert _tree(str(tmp_path)) == _want_tree(jobs)
+
+
+@pytest.mark.timeout(60)
+def test_a_forked_child_gets_a_pool_of_its_own(tmp_path):
+    """The parent's workers do not exist in a forked child: the child's first
+    parallel call starts its own, and the parent's keeps working."""
+    c = _c()
+    entries, blob = _mixed_container(17)
+    c.unpack_views(blob, *LIMITS, 4)  # the parent's pool is up
+    parent_pool = c.pool()
+    pid = os.fork()
+    if pid == 0:  # the child: exit code 0 only if everything matched
+        code = 1
+        try:
+            names, views, _ = c.unpack_views(blob, *LIMITS, 4)
+            ok = [bytes(v) for v in views] == [d for _, d in entries] and c.pool() != parent_pool
+            jobs = _jobs(5)
+            ok = ok and _write_jobs(c, tmp_path, jobs, 3, False) == [1] * 5
+            code = 0 if ok else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert c.pool() == parent_pool
+    assert [bytes(v) for v in c.unpack_views(blob, *LIMITS, 4)[1]] == [d for _, d in entries]
+
+
+def test_a_pool_needs_one_to_64_threads():
+    c = _c()
+    out = c.ffi.new("prt_pool **")
+    err = c.ffi.new("prt_err *")
+    for bad in (0, 65):
+        assert c.lib.prt_pool_new(bad, out, err) == -errno.EINVAL
+        assert out[0] == c.ffi.NULL
+    assert c.lib.prt_pool_new(3, out, err) == 0
+    assert c.lib.prt_pool_size(out[0]) == 3
+    c.lib.prt_pool_free(out[0])
+
+
+# --------------------------------------------------------------------------
 # 2. read_files
 
 
