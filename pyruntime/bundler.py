@@ -45,7 +45,6 @@ import logging
 import os
 import re
 import sys
-import sysconfig
 import threading
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Literal, Union
@@ -167,13 +166,70 @@ def check_version(version: object, what: str) -> str | None:
 # environment
 
 
+_TRITON_DISTS = ("triton", "pytorch-triton", "pytorch-triton-rocm", "pytorch-triton-xpu", "triton-xpu")
+
+
 @lru_cache(maxsize=1)
 def installed_triton_version() -> str | None:
     """Version of the installed Triton distribution, from its package
-    metadata (Triton itself is not imported); ``None`` when none is found."""
+    metadata (Triton itself is not imported); ``None`` when none is found.
+
+    The metadata is found the way ``importlib.metadata.version`` finds it
+    (the first ``sys.path`` entry holding the distribution), by listing
+    those directories: importing ``importlib.metadata`` alone costs tens of
+    milliseconds, a first restore's whole budget. Anything unusual (a zip on
+    the path, two copies in one directory, metadata without a version) is
+    left to ``importlib.metadata``."""
+    for dist in _TRITON_DISTS:
+        found = _dist_info_version(dist)
+        if found is _UNSURE:
+            return _metadata_version()
+        if found is not None:
+            return found  # type: ignore[return-value]
+    return None
+
+
+_UNSURE = object()
+
+
+def _dist_info_version(dist: str) -> object:
+    """``dist``'s version from its ``.dist-info/METADATA`` in the first
+    ``sys.path`` directory that has one; ``None`` when none has;
+    :data:`_UNSURE` when only ``importlib.metadata`` can tell."""
+    want = re.sub(r"[-_.]+", "_", dist).lower()
+    for entry in sys.path:
+        try:
+            children = os.listdir(entry or ".")
+        except NotADirectoryError:
+            return _UNSURE  # a zip or egg file: importlib.metadata reads those
+        except OSError:
+            continue
+        # named as importlib.metadata names them: lower case, no
+        # extension, up to the first "-", runs of -_. as one _
+        hits = [c for c in children
+                if c.lower().endswith((".dist-info", ".egg-info"))
+                and re.sub(r"[-_.]+", "_", c.lower().rpartition(".")[0].partition("-")[0]) == want]
+        if not hits:
+            continue
+        if len(hits) > 1 or not hits[0].endswith(".dist-info"):
+            return _UNSURE
+        try:
+            with open(os.path.join(entry or ".", hits[0], "METADATA"), encoding="utf-8") as f:
+                for line in f:
+                    if not line.strip():
+                        break  # end of the header block
+                    if line.startswith("Version:"):
+                        return line[len("Version:"):].strip() or _UNSURE
+        except (OSError, UnicodeDecodeError):
+            pass
+        return _UNSURE
+    return None
+
+
+def _metadata_version() -> str | None:
     from importlib import metadata
 
-    for dist in ("triton", "pytorch-triton", "pytorch-triton-rocm", "pytorch-triton-xpu", "triton-xpu"):
+    for dist in _TRITON_DISTS:
         try:
             return metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -205,7 +261,8 @@ def abi_from_ext_suffix(suffix: object) -> str | None:
 @lru_cache(maxsize=1)
 def installed_triton_abi() -> str | None:
     """ABI tag of this interpreter, which picks the Triton wheel installed
-    in it: :func:`abi_from_ext_suffix` of ``sysconfig``'s ``EXT_SUFFIX``,
+    in it: :func:`abi_from_ext_suffix` of ``EXT_SUFFIX`` (the import system's
+    first extension suffix, else ``sysconfig``'s),
     falling back to ``sys.implementation.cache_tag``; ``None`` when neither
     is known. Recorded as a bundle's ``triton_abi`` at collect time and
     compared on restore.
@@ -214,7 +271,15 @@ def installed_triton_abi() -> str | None:
     shared library, which differs between the per-CPython wheels of one
     Triton release. Triton is not imported to find out (slow, and the wheel
     installed was chosen by this very tag)."""
-    tag = abi_from_ext_suffix(sysconfig.get_config_var("EXT_SUFFIX"))
+    # The import system's first extension suffix is EXT_SUFFIX on CPython,
+    # without loading sysconfig's data module (~1 ms of a first restore).
+    from importlib.machinery import EXTENSION_SUFFIXES
+
+    tag = abi_from_ext_suffix(EXTENSION_SUFFIXES[0]) if EXTENSION_SUFFIXES else None
+    if tag is None:
+        import sysconfig
+
+        tag = abi_from_ext_suffix(sysconfig.get_config_var("EXT_SUFFIX"))
     if tag is None:
         try:
             tag = check_abi(getattr(sys.implementation, "cache_tag", None))

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import shutil
+import subprocess
 import sys
 import sysconfig
 
@@ -563,6 +564,76 @@ def test_a_damaged_blob_is_the_error_even_when_the_table_is_bad_too(threads, mon
         TritonBundle.from_bytes(_damage_last_blob(_craft(good, blobs)))
     with pytest.raises(BundleFormatError, match="not a plain file name"):
         TritonBundle.from_bytes(_craft(bad, blobs))
+
+
+def _dist(where, dirname: str, version: str | None = None, metadata: str | None = None) -> None:
+    d = where / dirname
+    d.mkdir(parents=True)
+    text = metadata if metadata is not None else f"Metadata-Version: 2.1\nName: x\nVersion: {version}\n\nbody\n"
+    (d / "METADATA").write_text(text)
+
+
+@pytest.mark.parametrize("layout", ["plain", "shadowed", "pytorch-triton", "nothing", "two in one dir",
+                                    "egg-info", "zip on the path", "no version", "upper case"])
+def test_the_triton_version_is_found_as_importlib_metadata_finds_it(layout, tmp_path, monkeypatch):
+    """installed_triton_version lists sys.path directories instead of
+    importing importlib.metadata (tens of milliseconds on a first restore):
+    whatever the layout, it gives what importlib.metadata.version gives."""
+    from importlib import metadata
+
+    from pyruntime import bundler
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    path = [str(a), str(tmp_path / "missing"), str(b)]
+    if layout == "plain":
+        _dist(b, "triton-3.1.0.dist-info", "3.1.0")
+    elif layout == "shadowed":
+        _dist(a, "triton-3.2.0.dist-info", "3.2.0")
+        _dist(b, "triton-3.1.0.dist-info", "3.1.0")
+    elif layout == "pytorch-triton":
+        _dist(b, "pytorch_triton-3.0.0+45fff310c8.dist-info", "3.0.0+45fff310c8")
+    elif layout == "two in one dir":
+        _dist(b, "triton-3.1.0.dist-info", "3.1.0")
+        _dist(b, "triton-3.2.0.dist-info", "3.2.0")
+    elif layout == "egg-info":
+        _dist(b, "triton-3.1.0-py3.11.egg-info", "3.1.0")
+    elif layout == "zip on the path":
+        import zipfile
+
+        z = tmp_path / "dists.zip"
+        with zipfile.ZipFile(z, "w") as zf:
+            zf.writestr("triton-3.3.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: triton\nVersion: 3.3.0\n")
+        path.insert(0, str(z))
+    elif layout == "no version":
+        _dist(b, "triton-3.1.0.dist-info", metadata="Metadata-Version: 2.1\nName: triton\n")
+    elif layout == "upper case":
+        _dist(b, "Triton-3.4.0.dist-info", "3.4.0")
+    monkeypatch.setattr(sys, "path", path)
+    bundler.installed_triton_version.cache_clear()
+    try:
+        try:
+            want = metadata.version("triton")
+        except metadata.PackageNotFoundError:
+            want = bundler._metadata_version()
+        assert bundler.installed_triton_version() == want
+        if layout in ("plain", "shadowed", "pytorch-triton", "nothing", "upper case"):
+            assert bundler._dist_info_version("triton") is not bundler._UNSURE
+    finally:
+        bundler.installed_triton_version.cache_clear()
+
+
+@pytest.mark.timeout(60)
+def test_a_first_restore_in_a_fresh_process_imports_no_importlib_metadata(tmp_path, good_bytes):
+    """The launcher case: load and restore once, right after import."""
+    (tmp_path / "b.prtb").write_bytes(good_bytes)
+    code = ("import sys\nfrom pyruntime.bundler import TritonBundle\n"
+            f"r = TritonBundle.load({str(tmp_path / 'b.prtb')!r}).restore({str(tmp_path / 'cache')!r})\n"
+            "assert r.restored, r\nprint('importlib.metadata' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=50)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
 
 
 # --------------------------------------------------------------------------
