@@ -159,6 +159,93 @@ def measure(impl: str, cache: str, sets: dict[str, dict[str, Any]], rounds: int,
     return out
 
 
+def prepare_first(cache: str, hashes: list[str], out_dir: str, impls: list[str]) -> dict[str, str]:
+    """The bundle files the fresh-process runs restore: pyruntime's and
+    torch's pickled bundle of the same kernels (runs in a child)."""
+    paths = {}
+    if "pyruntime" in impls:
+        from ..bundler import collect_dir
+
+        paths["pyruntime"] = os.path.join(out_dir, "bundle.prtb")
+        collect_dir(cache, hashes).save(paths["pyruntime"])
+    if "torch" in impls:
+        import pickle
+
+        from torch._inductor import config
+        from torch._inductor.triton_bundler import TritonBundler
+
+        config.bundle_triton_into_fx_graph_cache = True
+        os.environ["TRITON_CACHE_DIR"] = cache
+        TritonBundler.begin_compile()
+        for h in hashes:
+            TritonBundler.put(h, 0)
+        bundle, _ = TritonBundler.collect()
+        TritonBundler.end_compile()
+        paths["torch"] = os.path.join(out_dir, "bundle.pkl")
+        with open(paths["torch"], "wb") as f:
+            f.write(pickle.dumps(bundle))
+    return paths
+
+
+def first_restore(impl: str, path: str, dest: str, kernels: int) -> float:
+    """One load+restore in this fresh interpreter, the modules imported
+    before the clock starts: what a launcher pays once at start-up."""
+    if impl == "torch":
+        import pickle
+
+        from torch._inductor import config
+        from torch._inductor.triton_bundler import TritonBundler as TorchBundler
+
+        config.bundle_triton_into_fx_graph_cache = True
+        os.environ["TRITON_CACHE_DIR"] = dest
+        t0 = time.perf_counter()
+        with open(path, "rb") as f:
+            loaded = pickle.loads(f.read())
+        TorchBundler.read_and_emit(loaded)
+        elapsed = time.perf_counter() - t0
+    else:
+        from .. import bundle_format, cache  # noqa: F401  (imported before the clock)
+        from ..bundler import TritonBundle
+
+        t0 = time.perf_counter()
+        TritonBundle.load(path).restore(dest)
+        elapsed = time.perf_counter() - t0
+    n = _count_kernels(dest)
+    if n != kernels:
+        raise RuntimeError(f"{impl}: {n} kernel dirs in the restored cache, expected {kernels}")
+    return elapsed
+
+
+def _first_restores(settings: C.Settings, cache: str, hashes: list[str], scratch: str,
+                    impls: list[str]) -> tuple[dict[str, list[float]], dict[str, str]]:
+    """Load+restore once per fresh interpreter, the implementations taking
+    turns, FIRST_RUNS times each (fewer in quick mode)."""
+    paths = C.run_child("pyruntime.bench._bundle:prepare_first",
+                        {"cache": cache, "hashes": hashes, "out_dir": scratch, "impls": impls},
+                        timeout=settings.child_timeout)
+    times: dict[str, list[float]] = {impl: [] for impl in impls}
+    errors: dict[str, str] = {}
+    for run in range(3 if settings.quick else FIRST_RUNS):
+        for impl in impls:
+            if impl in errors:
+                continue
+            dest = os.path.join(scratch, f"{impl}-{run}")
+            os.mkdir(dest)
+            try:
+                times[impl].append(C.run_child(
+                    "pyruntime.bench._bundle:first_restore",
+                    {"impl": impl, "path": paths[impl], "dest": dest, "kernels": len(hashes)},
+                    timeout=settings.child_timeout))
+            except C.ChildError as e:
+                errors[impl] = f"error: {e}"
+            finally:
+                shutil.rmtree(dest, ignore_errors=True)
+    return times, errors
+
+
+FIRST_RUNS = 9
+
+
 def run(settings: C.Settings) -> dict[str, Any]:
     missing = C.first_missing(MODULES)
     if missing:
@@ -191,6 +278,8 @@ def run(settings: C.Settings) -> dict[str, Any]:
         # file creation cost shows here, for both implementations
         sets[f"{big_n} kernels, disk"] = {"hashes": all_dirs[:big_n], "scratch": disk,
                                            "where": "disk", "max_rounds": 3}
+    first: dict[str, list[float]] = {}
+    first_errors: dict[str, str] = {}
     try:
         for impl in IMPLS:
             if impl in errors:
@@ -205,6 +294,13 @@ def run(settings: C.Settings) -> dict[str, Any]:
                     timeout=settings.child_timeout)
             except C.ChildError as e:
                 errors[impl] = f"error: {e}"
+        prog.step("bundle", "first load+restore in fresh interpreters")
+        first_dir = tempfile.mkdtemp(prefix="first-", dir=fast)
+        try:
+            first, first_errors = _first_restores(settings, info["cache"], all_dirs[:17], first_dir,
+                                                  [i for i in IMPLS if i not in errors])
+        except C.ChildError as e:
+            first_errors = {i: f"error: {e}" for i in IMPLS}
     finally:
         shutil.rmtree(disk, ignore_errors=True)
         if mem:
@@ -269,6 +365,12 @@ def run(settings: C.Settings) -> dict[str, Any]:
                 values(set_name, ("size",)),
                 goal={"kind": "ratio", "peer": "torch", "min": 1 / 0.35,
                       "text": "at most 35% of torch's pickled bundle"}))
+    first_values = {impl: C.summarize(first[impl]) if first.get(impl) else
+                    C.na(errors.get(impl) or first_errors.get(impl, "no result")) for impl in IMPLS}
+    metrics.append(C.metric(
+        "first_load_restore[17 kernels]",
+        f"first load+restore in a fresh interpreter (modules imported), 17 kernels, {where}", "s", "lower",
+        "pyruntime", first_values))
     parts = {impl: {s: {k: C.summarize([r[k] for r in results[impl][s]])["median"]
                         for k in ("put", "collect", "save", "load", "restore", "back_to_back", "files_nt", "files_1t")
                         if k in results[impl][s][0]}
@@ -283,6 +385,8 @@ def run(settings: C.Settings) -> dict[str, Any]:
                 "the bundle threads, waited for off the clock; collect assembles) + "
                 "TritonBundle.save / TritonBundle.load + restore; torch = torch._inductor "
                 "TritonBundler collect + pickle.dumps + file write / file read + pickle.loads + "
-                "read_and_emit"),
+                f"read_and_emit; 'first load+restore': one load+restore per fresh interpreter "
+                f"(modules imported before the clock), {FIRST_RUNS} interpreters per implementation "
+                "taking turns (3 in quick mode)"),
         extra={"phases_median_s": parts,
                "sets": {k: {"kernels": len(v["hashes"]), "where": v["where"]} for k, v in sets.items()}})
