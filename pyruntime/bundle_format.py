@@ -149,10 +149,10 @@ def is_checked(bundle: TritonBundle) -> bool:
     return len(flat) == len(pre[1]) and all(map(operator.is_, flat, pre[1]))
 
 
-def _untouched_collect(bundle: TritonBundle) -> tuple[list[list[int]], list[PackedEntry]] | None:
-    """The file offsets and packed blob of each kernel of a bundle fresh from
-    a collect (its kernels were packed as they were read), while it is
-    unchanged; else ``None``."""
+def _untouched_collect(bundle: TritonBundle) -> tuple[list[list[int]], list[PackedEntry], list[bytes]] | None:
+    """The file offsets, packed blob and table record of each kernel of a
+    bundle fresh from a collect (its kernels were packed as they were read),
+    while it is unchanged; else ``None``."""
     if bundle._packed is None or not is_checked(bundle):
         return None
     return bundle._packed
@@ -194,6 +194,24 @@ def _json_bytes(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
 
+# Stands for the blob index in a table record: a NUL in a JSON string,
+# which no checked name, version or target holds.
+_BLOB_MARK = b'"\\u0000"'
+
+
+def table_record(kernel: TritonKernelArtifacts, offsets: list[int]) -> bytes:
+    """``kernel``'s record in ``kernels.json`` as compact JSON, its files
+    at ``offsets`` in a blob whose index is left as :data:`_BLOB_MARK`.
+    Built once per kernel, by collect's packing threads."""
+    return _json_bytes({
+        "hash": kernel.kernel_hash,
+        "device": kernel.device,
+        "target": kernel.target,
+        "triton_version": kernel.triton_version,
+        "files": [[a.filename, "\0", off, len(a.payload)] for a, off in zip(kernel.artifacts, offsets)],
+    })
+
+
 def encode_parts(bundle: TritonBundle) -> list[Buffer]:
     """The bundle file as pieces to write back to back: the container's
     header and index, then the packed entries (the kernel blobs as packed,
@@ -202,18 +220,12 @@ def encode_parts(bundle: TritonBundle) -> list[Buffer]:
     if packed is None:
         check_bundle(bundle)
         done = [pack_kernel(k) for k in bundle.kernel_artifacts]
-        packed = [d[0] for d in done], [d[1] for d in done]
-    offsets, blobs = packed
-    table = []
-    for ki, (k, offs) in enumerate(zip(bundle.kernel_artifacts, offsets)):
-        table.append({
-            "hash": k.kernel_hash,
-            "device": k.device,
-            "target": k.target,
-            "triton_version": k.triton_version,
-            "files": [[a.filename, ki, off, len(a.payload)] for a, off in zip(k.artifacts, offs)],
-        })
-    kernels_json = _json_bytes(table)
+        records = [table_record(k, offs) for k, (offs, _) in zip(bundle.kernel_artifacts, done)]
+        packed = [d[0] for d in done], [d[1] for d in done], records
+    _, blobs, records = packed
+    # the kernel table, each record's blob index filled in: the bytes of
+    # _json_bytes(the list of records), without encoding it all again here
+    kernels_json = b"[" + b",".join(r.replace(_BLOB_MARK, b"%d" % i) for i, r in enumerate(records)) + b"]"
     header = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,

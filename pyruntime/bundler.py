@@ -393,9 +393,9 @@ class TritonBundle:
     # bundle_format.is_checked
     _checked: tuple[list[Any], list[Any]] | None = dataclasses.field(
         default=None, init=False, repr=False, compare=False)
-    # (file offsets per kernel, packed blob per kernel) when a collect packed
-    # each kernel as it read it; valid while _checked is
-    _packed: tuple[list[list[int]], list[PackedEntry]] | None = dataclasses.field(
+    # (file offsets, packed blob, kernel-table record) per kernel when a
+    # collect packed each kernel as it read it; valid while _checked is
+    _packed: tuple[list[list[int]], list[PackedEntry], list[bytes]] | None = dataclasses.field(
         default=None, init=False, repr=False, compare=False)
     # every file, flat, pointing into the unpacked blobs, when a decode built
     # the bundle (what restore hands the C writer); valid while _checked is
@@ -617,14 +617,17 @@ _READ_ATTEMPTS = 5
 @dataclasses.dataclass(frozen=True, slots=True)
 class _PreparedKernel:
     """A kernel directory read and packed: its artifacts (views into the
-    blob), each artifact's offset in the blob, the packed blob, and the
-    directory's (inode, mtime) when it was listed, by which a collect tells
-    whether it changed since."""
+    blob), each artifact's offset in the blob, the packed blob, its record
+    in the bundle's kernel table (JSON, the blob index left open: see
+    :func:`pyruntime.bundle_format.table_record`), and the directory's
+    (inode, mtime) when it was listed, by which a collect tells whether it
+    changed since."""
 
     root: str
     kernel: TritonKernelArtifacts
     offsets: list[int]
     entry: PackedEntry
+    record: bytes
     stamp: tuple[int, int]
 
 
@@ -644,7 +647,7 @@ def _prepare_kernel(
     ``.json`` files are read in Python (the sentinel swap changes their
     size), the others by the backend straight into their slots. A file that
     changes size meanwhile makes the directory be listed and read again."""
-    from .bundle_format import kernel_layout
+    from .bundle_format import kernel_layout, table_record
 
     check_kernel_hash(h)
     path = f"{root}/{h}"
@@ -696,7 +699,7 @@ def _prepare_kernel(
         ro = memoryview(blob).toreadonly()
         arts = [TritonKernelArtifact(n, ro[off:off + size]) for n, off, size in zip(names, offsets, sizes)]
         kernel = TritonKernelArtifacts(h, device, arts, target, version)
-        return _PreparedKernel(root, kernel, offsets, backend.pack_entry(blob), stamp)
+        return _PreparedKernel(root, kernel, offsets, backend.pack_entry(blob), table_record(kernel, offsets), stamp)
     raise BundleFormatError(f"{path}: files keep changing while they are read ({_READ_ATTEMPTS} attempts)")
 
 
@@ -728,7 +731,8 @@ def _bundle_of(prepared: list[_PreparedKernel]) -> TritonBundle:
     kernels = [p.kernel for p in prepared]
     bundle = TritonBundle(kernels, triton_version=installed_triton_version(), triton_abi=installed_triton_abi())
     mark_checked(bundle)
-    object.__setattr__(bundle, "_packed", ([p.offsets for p in prepared], [p.entry for p in prepared]))
+    object.__setattr__(bundle, "_packed", ([p.offsets for p in prepared], [p.entry for p in prepared],
+                                           [p.record for p in prepared]))
     return bundle
 
 

@@ -566,6 +566,24 @@ def test_a_damaged_blob_is_the_error_even_when_the_table_is_bad_too(threads, mon
         TritonBundle.from_bytes(_craft(bad, blobs))
 
 
+def test_a_collected_bundle_encodes_as_the_same_bundle_built_by_hand(kernel_cache):
+    """collect keeps each kernel's table record from its packing thread and
+    save joins them: the bytes are those of the same kernels encoded from
+    scratch, and kernels.json is the compact JSON of its own content with
+    each kernel's blob index in place."""
+    collected = collect_dir(kernel_cache[0])
+    by_hand = TritonBundle(list(collected.kernel_artifacts), collected.triton_version,
+                           triton_abi=collected.triton_abi)
+    assert bundle_format._untouched_collect(collected) is not None
+    assert bundle_format._untouched_collect(by_hand) is None
+    data = collected.to_bytes()
+    assert data == by_hand.to_bytes()
+    kernels_json = dict(pyruntime.packing.unpack(data))["kernels.json"]
+    table = json.loads(kernels_json)
+    assert bundle_format._json_bytes(table) == kernels_json
+    assert all({f[1] for f in k["files"]} == {i} for i, k in enumerate(table))
+
+
 def _dist(where, dirname: str, version: str | None = None, metadata: str | None = None) -> None:
     d = where / dirname
     d.mkdir(parents=True)
