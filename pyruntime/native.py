@@ -12,7 +12,6 @@ Both backends expose the same functions with the same bytes in and out;
 from __future__ import annotations
 
 import errno
-import functools
 import os
 import struct
 import threading
@@ -422,8 +421,7 @@ _U32 = next(t for t in "IL" if array(t).itemsize == 4)  # array typecode of uint
 # data_off, checksum, out_off
 _ENTRY = struct.Struct("=QIIQQQQQ")
 
-HUGE_OUTPUT = 8 << 20  # outputs this large always get a mapping of their own
-MAPPED_OUTPUT = 1 << 20  # from this size on, where the system has transparent huge pages
+HUGE_OUTPUT = 8 << 20  # outputs this large get a mapping of their own
 HUGE_PAGE = 2 << 20
 UNPACK_PER_THREAD = 256 << 10  # raw bytes worth a thread of their own (~100 us of LZ4)
 
@@ -433,15 +431,16 @@ def _output_block(ffi: Any, scratch: Any, size: int) -> tuple[Any, memoryview]:
     view of it that keeps it alive.
 
     Not a bytearray: that writes every page once (zero-fill) before the
-    decompression writes it again. A block of a megabyte or more is an
-    anonymous mapping aligned to, and asking for, transparent huge pages:
-    at 4 KiB per page fault a first load of a 2 MB bundle spends more time
-    faulting than decompressing (measured: 0.3 ms of a 2 ms load on the CI
-    VM). Below HUGE_OUTPUT that is only done where huge pages are enabled;
-    else malloc'ed memory, which a process reuses from one load to the next,
-    faults less. Private: Python's default shared mapping is tmpfs-backed
-    and slower still."""
-    if size >= HUGE_OUTPUT or (size >= MAPPED_OUTPUT and _huge_pages()):
+    decompression writes it again. A large block is an anonymous mapping
+    aligned to, and asking for, transparent huge pages, since at 4 KiB per
+    page fault a 64 MiB bundle spends more time faulting than decompressing
+    (private: Python's default shared mapping is tmpfs-backed and slower
+    still). Smaller ones are malloc'ed, which a process reuses from one load
+    to the next. Huge pages from 1 MiB on were tried: a first 2 MB load got
+    0.3 ms faster on the CI VM, but the next bench run on the 16-core GPU
+    host had the warm load at 1.61 ms instead of 1.27 (each load zeroes a
+    fresh huge page and unmaps it) and the first load no faster."""
+    if size >= HUGE_OUTPUT:
         return _mapped_block(ffi, size)
     block = scratch("uint8_t[]", max(size, 1))
     return block, memoryview(ffi.buffer(block, size)).toreadonly()
@@ -461,16 +460,6 @@ def _mapped_block(ffi: Any, size: int) -> tuple[Any, memoryview]:
             pass  # no transparent huge pages here: 4 KiB pages it is
     view = memoryview(m)[start:start + size]
     return ffi.from_buffer(view), view.toreadonly()
-
-
-@functools.lru_cache(maxsize=1)
-def _huge_pages() -> bool:
-    """Whether transparent huge pages can be had (Linux: not ``[never]``)."""
-    try:
-        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
-            return "[never]" not in f.read()
-    except OSError:
-        return False
 
 
 def _load_c() -> CBackend | None:
