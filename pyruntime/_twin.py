@@ -429,7 +429,7 @@ class Unpacking:
     """The twin of the C side's container being unpacked: everything is
     unpacked and checked up front (so errors come out of
     :func:`unpack_begin`, in the order the C side's would), and
-    :meth:`run` has nothing left to do."""
+    :meth:`run`, :meth:`start` and :meth:`finish` have nothing left to do."""
 
     def __init__(self, entries: list[tuple[bytes, bytes]]) -> None:
         self.names = [n for n, _ in entries]

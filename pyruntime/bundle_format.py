@@ -457,7 +457,7 @@ def _entry_names(raw: list[bytes]) -> list[str]:
         try:
             names.append(name.decode("utf-8"))
         except UnicodeDecodeError:
-            raise BundleFormatError(f"bad bundle container: entry {i}: name is not valid UTF-8") from None
+            raise BundleFormatError(f"entry {i}: name is not valid UTF-8") from None
     return names
 
 
@@ -475,7 +475,7 @@ def decode(data: Buffer) -> TritonBundle:
         raise BundleFormatError(
             f"not a kernel bundle: the container does not start with {HEADER_NAME} and {KERNELS_NAME}"
         )
-    # The blobs are decompressed and verified on a C thread while Python
+    # The blobs are decompressed and verified on the C worker pool while Python
     # checks the kernel table and builds the bundle around views of where
     # they land. Nothing is returned before every blob is verified, and a
     # damaged container is the error even when the table is bad too, as if

@@ -355,9 +355,10 @@ class CBackend:
 
 class _CUnpacking:
     """A container being unpacked by the C core: ``names``, ``views`` (each
-    entry's place in the output, valid once :meth:`run` covered it) and
-    ``sizes`` of every entry. :meth:`run` may be called from another thread
-    (the C call releases the GIL) for entries no other call covers."""
+    entry's place in the output, valid once :meth:`run`, or :meth:`start`
+    and then :meth:`finish`, covered it) and ``sizes`` of every entry.
+    Calls cover disjoint entries; between :meth:`start` and :meth:`finish`
+    pool threads write into the output."""
 
     def __init__(self, backend: CBackend, src: Any, entries: Any, n: int, block: Any, total: int,
                  names: list[bytes], views: list[memoryview], sizes: list[int]) -> None:
@@ -372,24 +373,26 @@ class _CUnpacking:
         """Decompress and verify entries ``first .. first + count - 1``;
         raises :class:`BundleFormatError` naming the lowest bad one."""
         b = self._backend
-        # a thread per UNPACK_PER_THREAD raw bytes, up to nthreads: starting
-        # one costs about what decompressing that much does
-        threads = max(1, min(nthreads, sum(self.sizes[first:first + count]) // UNPACK_PER_THREAD))
         err = b.ffi.new("prt_err *")
         rc = b.lib.prt_unpack_data_par(b.pool(), self._src, len(self._src), self._entries, self._n, first, count,
-                                       self._block, self._total, threads, self._hexes, err)
+                                       self._block, self._total, self._threads(first, count, nthreads),
+                                       self._hexes, err)
         b.check(rc, err, BundleFormatError)
 
+    def _threads(self, first: int, count: int, nthreads: int) -> int:
+        # a thread per UNPACK_PER_THREAD raw bytes, up to nthreads: handing
+        # work to one costs about what decompressing that much does
+        return max(1, min(nthreads, sum(self.sizes[first:first + count]) // UNPACK_PER_THREAD))
+
     def start(self, first: int, count: int, nthreads: int) -> None:
-        """:meth:`run` on a C thread of its own, returning at once; the
-        caller must :meth:`finish` (in a ``finally``) before it reads the
-        entries or drops this object."""
+        """:meth:`run` on the C worker pool, returning at once; the caller
+        must :meth:`finish` (in a ``finally``) before it reads the entries
+        or drops this object."""
         b = self._backend
-        threads = max(1, min(nthreads, sum(self.sizes[first:first + count]) // UNPACK_PER_THREAD))
         job = b.ffi.new("prt_unpack_job *")
         job.data, job.len, job.entries, job.n = self._src, len(self._src), self._entries, self._n
         job.first, job.count, job.out, job.out_len = first, count, self._block, self._total
-        job.nthreads, job.hex128s = threads, self._hexes
+        job.nthreads, job.hex128s = self._threads(first, count, nthreads), self._hexes
         b.check(b.lib.prt_unpack_start(b.pool(), job, b.ffi.NULL))
         self._job, self._job_pid = job, os.getpid()
 
