@@ -14,6 +14,7 @@ import sysconfig
 import pytest
 
 import bundle_kernels
+from _trees import tree as _files
 import pyruntime
 from pyruntime import bundle_format, native
 from pyruntime.bundler import (
@@ -49,16 +50,6 @@ def bundler_state(monkeypatch):
     TritonBundler.end_compile()
     yield TritonBundler
     TritonBundler.end_compile()
-
-
-def _files(root: str) -> dict[str, bytes]:
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for f in filenames:
-            p = os.path.join(dirpath, f)
-            with open(p, "rb") as fh:
-                out[os.path.relpath(p, root)] = fh.read()
-    return out
 
 
 # --------------------------------------------------------------------------

@@ -335,6 +335,15 @@ def test_unpacking_a_range_outside_the_index_is_refused():
 # 1b. the C worker pool
 
 
+def _unpack_in_two_parts(backend, blob: bytes, head: int, nthreads: int):
+    """The first ``head`` entries with run, the rest with start/finish."""
+    u = backend.unpack_begin(blob, *LIMITS)
+    u.run(0, head, 1)
+    u.start(head, len(u.names) - head, nthreads)
+    u.finish()
+    return u
+
+
 @pytest.mark.timeout(120)
 def test_many_threads_share_the_pool_without_mixing_results(tmp_path):
     """Python threads unpacking (in parts and in the background) and writing
@@ -352,11 +361,7 @@ def test_many_threads_share_the_pool_without_mixing_results(tmp_path):
                 entries, blob = _mixed_container(9 + k)
                 names, views, digests = c.unpack_views(blob, *LIMITS, 1 + (k + r) % 5)
                 assert [bytes(v) for v in views] == [d for _, d in entries]
-                u = c.unpack_begin(blob, *LIMITS)
-                u.run(0, 1, 1)
-                u.start(1, len(entries) - 1, 4)
-                u.finish()
-                assert u.digests() == digests
+                assert _unpack_in_two_parts(c, blob, 1, 4).digests() == digests
                 kernels = [(f"tmp.{k}.{r}.{j}", f"t{k}r{r}k{j}", [(f"f{i}", os.urandom(300)) for i in range(3)])
                            for j in range(5)]
                 table, jobs = table_of(kernels)
@@ -382,11 +387,7 @@ def test_without_a_pool_the_calls_start_their_own_threads(monkeypatch, tmp_path)
     entries, blob = _mixed_container(17)
     names, views, digests = c.unpack_views(blob, *LIMITS, 4)
     assert [bytes(v) for v in views] == [d for _, d in entries]
-    u = c.unpack_begin(blob, *LIMITS)
-    u.run(0, 2, 1)
-    u.start(2, len(entries) - 2, 4)
-    u.finish()
-    assert u.digests() == digests
+    assert _unpack_in_two_parts(c, blob, 2, 4).digests() == digests
     jobs = _jobs(9)
     assert _write_jobs(c, tmp_path, jobs, 4, False) == [1] * 9
     assert _tree(str(tmp_path)) == _want_tree(jobs)
