@@ -90,8 +90,9 @@ class CBackend:
     # -- the worker pool -------------------------------------------------
     def pool(self) -> Any:
         """The C worker threads the parallel calls use (PYRUNTIME_IO_THREADS
-        of them), started on first use, and again in a forked child (which
-        has none of its parent's threads). They live as long as the process."""
+        of them, as set at first use), started on first use, and again in a
+        forked child (which has none of its parent's threads). They live as
+        long as the process, idle on a condition variable between calls."""
         pid = os.getpid()
         if self._pool_pid != pid:
             with self._pool_lock:
