@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Run the C core's tests against a build made with -fsanitize=address,undefined.
+# Run the C core's tests against a build made with -fsanitize=address,undefined,
+# then its threaded tests (tests/test_kernel_dirs.py) against a
+# -fsanitize=thread build.
 #
 #   bash tests/sanitize.sh [extra pytest args]
 #
@@ -8,7 +10,7 @@
 # tests run from that copy with libasan preloaded; a generated check fails the
 # run unless the C backend really is the sanitized module from the copy, and a
 # positive control first proves that an out-of-bounds read in the module is
-# caught. PYTHONMALLOC=malloc routes Python's own small objects through
+# caught (and, for TSan, that two threads copying into the same bytes are). PYTHONMALLOC=malloc routes Python's own small objects through
 # malloc, so ASan sees the bounds of the buffers Python hands to C.
 # Environment: PYTHON (default .venv/bin/python), PYRUNTIME_HYPOTHESIS_PROFILE.
 set -euo pipefail
@@ -129,6 +131,33 @@ export TSAN_OPTIONS=halt_on_error=1:exitcode=66
 import os, pyruntime._native as m
 assert os.path.realpath(m.__file__) == os.path.realpath(os.environ["PYRUNTIME_SANITIZED_MODULE"])
 assert "libtsan" in open("/proc/self/maps").read()')
+echo "== positive control: two threads unpacking into the same bytes must be reported"
+set +e
+(cd "$SRC" && "$PY" -c '
+import os
+from pyruntime import native
+b = native.backend
+data = os.urandom(200_000)  # incompressible: stored, copied with memcpy
+blob = b.pack_stored([(b"e", b.pack_entry(data))])
+u = b.unpack_begin(blob, 1 << 30, 1 << 32)
+jobs = []
+for _ in range(2):  # both write u._block: no lock orders the two copies
+    job = b.ffi.new("prt_unpack_job *")
+    job.data, job.len, job.entries, job.n = u._src, len(u._src), u._entries, 1
+    job.first, job.count, job.out, job.out_len, job.nthreads = 0, 1, u._block, u._total, 1
+    b.lib.prt_unpack_start(b.ffi.NULL, job, b.ffi.NULL)  # NULL pool: a thread of its own each
+    jobs.append(job)
+for job in jobs:
+    b.lib.prt_unpack_finish(job, b.ffi.NULL)
+' >"$WORK/tsan-control.log" 2>&1)
+rc=$?
+set -e
+if [ $rc -eq 0 ] || ! grep -q "data race" "$WORK/tsan-control.log"; then
+    echo "sanitize.sh: ThreadSanitizer did not report the control race (exit $rc):" >&2
+    cat "$WORK/tsan-control.log" >&2
+    exit 1
+fi
+echo "   reported (exit $rc)"
 echo "== running the threaded C tests under TSan"
 (cd "$SRC" && "$PY" -m pytest -q -p no:cacheprovider -m "not slow" tests/test_kernel_dirs.py \
     --deselect tests/test_kernel_dirs.py::test_a_forked_child_gets_a_pool_of_its_own "$@")
