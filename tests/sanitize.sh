@@ -10,8 +10,9 @@
 # tests run from that copy with libasan preloaded; a generated check fails the
 # run unless the C backend really is the sanitized module from the copy, and a
 # positive control first proves that an out-of-bounds read in the module is
-# caught (and, for TSan, that two threads copying into the same bytes are). PYTHONMALLOC=malloc routes Python's own small objects through
-# malloc, so ASan sees the bounds of the buffers Python hands to C.
+# caught (and, for TSan, that two threads copying into the same bytes are).
+# PYTHONMALLOC=malloc routes Python's own small objects through malloc, so
+# ASan sees the bounds of the buffers Python hands to C.
 # Environment: PYTHON (default .venv/bin/python), PYRUNTIME_HYPOTHESIS_PROFILE.
 set -euo pipefail
 
