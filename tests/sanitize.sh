@@ -40,6 +40,22 @@ cp "$ROOT/docs/FORMAT.md" "$SRC/docs/"
 cp "$ROOT/tests/conftest.py" "$ROOT/tests/_limits.py" "$ROOT/tests/_trees.py" "$SRC/tests/"
 for t in "${TESTS[@]}"; do cp "$ROOT/tests/$t" "$SRC/tests/"; done
 
+# control SANITIZER PATTERN CODE: the Python CODE, run in the copy, must
+# fail with the sanitizer's report PATTERN (else the run proves nothing).
+control() {
+    local log="$WORK/control-$1.log" rc
+    set +e
+    (cd "$SRC" && "$PY" -c "$3") >"$log" 2>&1
+    rc=$?
+    set -e
+    if [ $rc -eq 0 ] || ! grep -q "$2" "$log"; then
+        echo "sanitize.sh: $1 did not report the control (exit $rc):" >&2
+        cat "$log" >&2
+        exit 1
+    fi
+    echo "   reported (exit $rc)"
+}
+
 echo "== building the sanitized C module in $SRC"
 (cd "$SRC" && PYRUNTIME_SANITIZE=1 "$PY" csrc/build_ffi.py >"$WORK/build.log" 2>&1) || {
     cat "$WORK/build.log" >&2
@@ -60,8 +76,7 @@ export PYRUNTIME_SANITIZED_MODULE="$SO"
 unset PYRUNTIME_PURE_PYTHON
 
 echo "== positive control: an out-of-bounds read in the module must be caught"
-set +e
-(cd "$SRC" && "$PY" -c '
+control AddressSanitizer heap-buffer-overflow '
 from pyruntime import native
 b = native.backend
 src = bytearray(1000)
@@ -69,15 +84,7 @@ dst = bytearray(1500)
 e = b.ffi.new("prt_entry *", {"name_len": 1, "method": 0, "raw_size": 1500, "comp_size": 1500})
 # told the source holds 2000 bytes, the module copies 500 past its end
 b.lib.prt_unpack_data(b.ffi.from_buffer(src), 2000, e, 1, b.ffi.from_buffer(dst), 1500, b.ffi.NULL)
-' >"$WORK/control.log" 2>&1)
-rc=$?
-set -e
-if [ $rc -eq 0 ] || ! grep -q "heap-buffer-overflow" "$WORK/control.log"; then
-    echo "sanitize.sh: AddressSanitizer did not catch the control overflow (exit $rc):" >&2
-    cat "$WORK/control.log" >&2
-    exit 1
-fi
-echo "   caught (exit $rc)"
+'
 
 # Fails the run unless the tests use the sanitized module from the copy.
 cat >"$SRC/tests/test_zz_sanitized_build.py" <<'EOF'
@@ -133,8 +140,7 @@ import os, pyruntime._native as m
 assert os.path.realpath(m.__file__) == os.path.realpath(os.environ["PYRUNTIME_SANITIZED_MODULE"])
 assert "libtsan" in open("/proc/self/maps").read()')
 echo "== positive control: two threads unpacking into the same bytes must be reported"
-set +e
-(cd "$SRC" && "$PY" -c '
+control ThreadSanitizer "data race" '
 import os
 from pyruntime import native
 b = native.backend
@@ -150,15 +156,7 @@ for _ in range(2):  # both write u._block: no lock orders the two copies
     jobs.append(job)
 for job in jobs:
     b.lib.prt_unpack_finish(job, b.ffi.NULL)
-' >"$WORK/tsan-control.log" 2>&1)
-rc=$?
-set -e
-if [ $rc -eq 0 ] || ! grep -q "data race" "$WORK/tsan-control.log"; then
-    echo "sanitize.sh: ThreadSanitizer did not report the control race (exit $rc):" >&2
-    cat "$WORK/tsan-control.log" >&2
-    exit 1
-fi
-echo "   reported (exit $rc)"
+'
 echo "== running the threaded C tests under TSan"
 (cd "$SRC" && "$PY" -m pytest -q -p no:cacheprovider -m "not slow" tests/test_kernel_dirs.py \
     --deselect tests/test_kernel_dirs.py::test_a_forked_child_gets_a_pool_of_its_own "$@")
