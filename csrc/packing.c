@@ -7,8 +7,9 @@
  * Index, one record per entry:
  *   u16 name length, u8 method (0 stored, 1 LZ4 block), u8 reserved (0),
  *   u64 raw size, u64 stored size, u64 XXH3-64 of the raw bytes, name.
- * Data: the stored blocks in index order. An entry is LZ4-compressed with
- * LZ4_compress_default unless that does not make it smaller, in which case
+ * Data: the stored blocks in index order. An entry is LZ4-compressed
+ * (LZ4_compress_default; prt_pack_entry can use LZ4's HC mode too: the
+ * same block format) unless that does not make it smaller, in which case
  * it is stored as is; an empty entry is stored with size 0.
  * Unpacking validates the whole index before it touches the data, and every
  * block before the caller sees any of it. */
@@ -16,6 +17,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <lz4.h>
+#include <lz4hc.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,13 +67,16 @@ int prt_pack_bound(size_t n, const size_t *name_lens, const size_t *sizes,
     return 0;
 }
 
-/* Compress one entry at dst; returns the stored size and method. */
-static size_t store_entry(const uint8_t *src, size_t len, uint8_t *dst,
+/* Compress one entry at dst at `level` (0: LZ4's fast mode, 1 to 12: its
+ * HC mode, which spends more time packing for a smaller block that also
+ * decompresses faster); returns the stored size and method. */
+static size_t store_entry(const uint8_t *src, size_t len, int level, uint8_t *dst,
                           size_t cap, uint8_t *method)
 {
     if (len > 0) {
-        int c = LZ4_compress_default((const char *)src, (char *)dst, (int)len,
-                                     cap > (size_t)INT32_MAX ? INT32_MAX : (int)cap);
+        int icap = cap > (size_t)INT32_MAX ? INT32_MAX : (int)cap;
+        int c = level == 0 ? LZ4_compress_default((const char *)src, (char *)dst, (int)len, icap)
+                           : LZ4_compress_HC((const char *)src, (char *)dst, (int)len, icap, level);
         if (c > 0 && (size_t)c < len) {
             *method = 1;
             return (size_t)c;
@@ -184,7 +189,7 @@ int prt_pack(size_t n, const char *const *names, const size_t *name_lens,
     size_t data_len = 0;
     for (size_t i = 0; i < n; i++) {
         uint8_t method = 0;
-        size_t stored = store_entry(datas[i], sizes[i], data + data_len,
+        size_t stored = store_entry(datas[i], sizes[i], 0, data + data_len,
                                     out_cap - (size_t)(data - out) - data_len, &method);
         rec = put_record(rec, names[i], name_lens[i], method, sizes[i], stored,
                          prt_xxh3_64(datas[i], sizes[i]));
@@ -204,17 +209,19 @@ int prt_entry_bound(size_t len, size_t *out_bound, prt_err *err)
     return 0;
 }
 
-int prt_pack_entry(const uint8_t *src, size_t len, uint8_t *dst, size_t cap,
+int prt_pack_entry(const uint8_t *src, size_t len, int level, uint8_t *dst, size_t cap,
                    uint8_t *method, size_t *stored, uint64_t *checksum,
                    char *hex128, prt_err *err)
 {
+    if (level < 0 || level > LZ4HC_CLEVEL_MAX)
+        return prt_fail(err, -EINVAL, "LZ4 level %d (0 to %d)", level, LZ4HC_CLEVEL_MAX);
     size_t bound = 0;
     int rc = prt_entry_bound(len, &bound, err);
     if (rc != 0)
         return rc;
     if (cap < bound)
         return prt_fail(err, -ENOBUFS, "output buffer smaller than the bound");
-    *stored = store_entry(src, len, dst, cap, method);
+    *stored = store_entry(src, len, level, dst, cap, method);
     *checksum = prt_xxh3_64(src, len);
     if (hex128 != NULL)
         prt_hash_bytes(src, len, hex128);
@@ -505,70 +512,54 @@ int prt_unpack_data_par(prt_pool *pool, const uint8_t *data, size_t len, const p
 
 /* The blobs of a bundle being loaded are unpacked in the background while
  * Python checks the kernel table: on C threads, because a Python one would
- * wait for the GIL that the checking holds. */
-static void unpack_job(prt_unpack_job *job)
-{
-    job->err.code = 0;
-    job->err.msg[0] = '\0';
-    job->rc = prt_unpack_data_par(job->pool, job->data, job->len, job->entries, job->n, job->first,
-                                  job->count, job->out, job->out_len, job->nthreads, job->hex128s,
-                                  &job->err);
-}
+ * wait for the GIL that the checking holds. prt_unpack_finish then puts the
+ * caller to work on what is left, so no core idles while it waits. */
+typedef struct {
+    prt_par par;
+    unpack_ctx c;
+} background;
 
-static prt_task *job_task(prt_unpack_job *job)
+static void unpack_now(prt_unpack_job *job)
 {
-    _Static_assert(sizeof(prt_task) <= sizeof(job->task), "a task fits the job");
-    return (prt_task *)(void *)job->task;
-}
-
-static void run_job_task(prt_task *t)
-{
-    unpack_job((prt_unpack_job *)(void *)((char *)t - offsetof(prt_unpack_job, task)));
-}
-
-static void *run_job_thread(void *arg)
-{
-    unpack_job(arg);
-    return NULL;
+    job->rc = prt_unpack_data_par(NULL, job->data, job->len, job->entries, job->n, job->first,
+                                  job->count, job->out, job->out_len, 1, job->hex128s, &job->err);
 }
 
 int prt_unpack_start(prt_pool *pool, prt_unpack_job *job, prt_err *err)
 {
-    _Static_assert(sizeof(pthread_t) <= sizeof(job->thread), "pthread_t fits the job");
     (void)err;
-    job->pool = pool;
-    job->running = 0;
-    if (pool != NULL) {
-        prt_task *t = job_task(job);
-        t->run = run_job_task;
-        prt_pool_submit(pool, t);
-        job->running = 1;
+    job->rc = 0;
+    job->err.code = 0;
+    job->err.msg[0] = '\0';
+    job->background = NULL;
+    if (job->first > job->n || job->count > job->n - job->first) {
+        job->rc = prt_fail(&job->err, -EINVAL, "entries %u..%u of %u", job->first,
+                           job->first + job->count, job->n);
         return 0;
     }
-    pthread_t t;
-    if (pthread_create(&t, NULL, run_job_thread, job) != 0) {
-        unpack_job(job);  /* no thread to be had: the work is done now */
+    background *bg = malloc(sizeof(*bg));
+    if (bg == NULL) {
+        unpack_now(job);  /* no memory to hand it over: the work is done now */
         return 0;
     }
-    memcpy(job->thread, &t, sizeof(t));
-    job->running = 1;
+    bg->c = (unpack_ctx){job->data, job->len, job->entries, job->first, job->out, job->out_len,
+                         job->hex128s};
+    if (prt_par_begin(&bg->par, pool, job->count, job->nthreads, unpack_item, &bg->c, &job->err) != 0) {
+        free(bg);
+        unpack_now(job);
+        return 0;
+    }
+    job->background = bg;
     return 0;
 }
 
 int prt_unpack_finish(prt_unpack_job *job, prt_err *err)
 {
-    if (job->running) {
-        job->running = 0;
-        if (job->pool != NULL) {
-            if (prt_pool_reclaim(job->pool, job_task(job)))
-                unpack_job(job);  /* no worker took it up yet: do it here */
-        } else {
-            pthread_t t;
-            memcpy(&t, job->thread, sizeof(t));
-            int e = pthread_join(t, NULL);
-            if (e != 0)
-                return prt_fail(err, -e, "cannot join the unpacking thread");
-        }
+    background *bg = job->background;
+    if (bg != NULL) {
+        job->background = NULL;
+        job->rc = prt_par_end(&bg->par, &job->err);
+        free(bg);
     }
     if (job->rc != 0 && err != NULL)
         *err = job->err;

@@ -20,7 +20,9 @@
  * also when a task on a worker runs a loop of its own. Nothing is shared
  * but the next-item counter and the first failure, and a thread that
  * cannot be started only means fewer helpers. The pool is the caller's
- * object: no global state. */
+ * object: no global state. prt_par_begin/prt_par_end split the loop for a
+ * caller with other work meanwhile (a bundle's load checks its kernel table
+ * while its blobs unpack): the caller joins the items at the end. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
@@ -29,8 +31,6 @@
 #include <string.h>
 
 #include "prt_core.h"
-
-#define PRT_MAX_THREADS 64u
 
 /* ---- the pool ---- */
 
@@ -155,23 +155,6 @@ int prt_pool_reclaim(prt_pool *p, prt_task *t)
 
 /* ---- the loop ---- */
 
-typedef struct {
-    size_t n;
-    prt_item_fn fn;
-    void *ctx;
-    atomic_size_t next;
-    atomic_int stop;
-    pthread_mutex_t lock;  /* guards the failure below */
-    int fail_rc;
-    size_t fail_i;
-    prt_err fail_err;
-} par_state;
-
-typedef struct {
-    prt_task task;  /* first: a task pointer is a helper pointer */
-    par_state *s;
-} helper;
-
 static void note_failure(par_state *s, size_t i, int rc, const prt_err *err)
 {
     pthread_mutex_lock(&s->lock);
@@ -205,56 +188,60 @@ static void *run_items(void *arg)
 
 static void run_helper(prt_task *t)
 {
-    run_items(((helper *)t)->s);
+    run_items(((par_helper *)t)->s);
 }
 
-/* The caller's thread plus up to nhelpers helpers: pool tasks, or threads
- * of their own without a pool. */
-static void run_with_helpers(prt_pool *pool, par_state *s, unsigned nhelpers)
+int prt_par_begin(prt_par *p, prt_pool *pool, size_t n, unsigned nhelpers, prt_item_fn fn,
+                  void *ctx, prt_err *err)
 {
-    if (pool != NULL) {
-        helper hs[PRT_MAX_THREADS];
-        for (unsigned t = 0; t < nhelpers; t++) {
-            hs[t].task.run = run_helper;
-            hs[t].s = s;
-            prt_pool_submit(pool, &hs[t].task);
-        }
-        run_items(s);
-        for (unsigned t = 0; t < nhelpers; t++)
-            (void)prt_pool_reclaim(pool, &hs[t].task);
-        return;
-    }
-    pthread_t threads[PRT_MAX_THREADS];
-    unsigned started = 0;
+    par_state *s = &p->s;
+    memset(s, 0, sizeof(*s));
+    s->n = n;
+    s->fn = fn;
+    s->ctx = ctx;
+    atomic_init(&s->next, 0);
+    atomic_init(&s->stop, 0);
+    if (pthread_mutex_init(&s->lock, NULL) != 0)
+        return prt_fail(err, -ENOMEM, "cannot create a mutex");
+    if (nhelpers > PRT_MAX_THREADS)
+        nhelpers = PRT_MAX_THREADS;
+    if ((size_t)nhelpers > n)
+        nhelpers = (unsigned)n;
+    p->pool = pool;
+    p->started = 0;
     for (unsigned t = 0; t < nhelpers; t++) {
-        if (pthread_create(&threads[started], NULL, run_items, s) != 0)
-            break;
-        started++;
+        if (pool != NULL) {
+            p->helpers[t].task.run = run_helper;
+            p->helpers[t].s = s;
+            prt_pool_submit(pool, &p->helpers[t].task);
+        } else if (pthread_create(&p->threads[t], NULL, run_items, s) != 0) {
+            break;  /* fewer helpers: the caller works too */
+        }
+        p->started++;
     }
+    return 0;
+}
+
+int prt_par_end(prt_par *p, prt_err *err)
+{
+    par_state *s = &p->s;
     run_items(s);
-    for (unsigned t = 0; t < started; t++)
-        pthread_join(threads[t], NULL);
+    for (unsigned t = 0; t < p->started; t++) {
+        if (p->pool != NULL)
+            (void)prt_pool_reclaim(p->pool, &p->helpers[t].task);
+        else
+            pthread_join(p->threads[t], NULL);
+    }
+    pthread_mutex_destroy(&s->lock);
+    if (s->fail_rc != 0 && err != NULL)
+        *err = s->fail_err;
+    return s->fail_rc;
 }
 
 int prt_parallel_for(prt_pool *pool, size_t n, unsigned nthreads, prt_item_fn fn, void *ctx,
                      prt_err *err)
 {
-    par_state s;
-    memset(&s, 0, sizeof(s));
-    s.n = n;
-    s.fn = fn;
-    s.ctx = ctx;
-    atomic_init(&s.next, 0);
-    atomic_init(&s.stop, 0);
-    if (pthread_mutex_init(&s.lock, NULL) != 0)
-        return prt_fail(err, -ENOMEM, "cannot create a mutex");
-    if (nthreads > PRT_MAX_THREADS)
-        nthreads = PRT_MAX_THREADS;
-    if ((size_t)nthreads > n)
-        nthreads = (unsigned)n;
-    run_with_helpers(pool, &s, nthreads > 1 ? nthreads - 1 : 0);
-    pthread_mutex_destroy(&s.lock);
-    if (s.fail_rc != 0 && err != NULL)
-        *err = s.fail_err;
-    return s.fail_rc;
+    prt_par p;
+    int rc = prt_par_begin(&p, pool, n, nthreads > 1 ? nthreads - 1 : 0, fn, ctx, err);
+    return rc != 0 ? rc : prt_par_end(&p, err);
 }

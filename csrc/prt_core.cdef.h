@@ -3,7 +3,7 @@
  * Every int-returning function follows one contract: 0 on success, or a
  * negative value that is either -errno or one of the PRT_E_* statuses. */
 
-#define PRT_ABI_VERSION 4
+#define PRT_ABI_VERSION 5
 #define PRT_FRAME_HEADER_SIZE 32
 #define PRT_PACK_HEADER_SIZE 32
 #define PRT_HEX128_LEN 33
@@ -88,12 +88,12 @@ int prt_unpack_data_par(prt_pool *pool, const uint8_t *data, size_t len,
                         const prt_entry *entries, uint32_t n,
                         uint32_t first, uint32_t count, uint8_t *out, size_t out_len,
                         unsigned nthreads, char *hex128s, prt_err *err);
-/* prt_unpack_data_par in the background (a pool worker, or a thread of its
- * own): prt_unpack_start returns at once (or, when no thread can be
- * started, after doing the work), and prt_unpack_finish waits (or does the
- * work itself when no worker took it up yet) and gives the result. Every
- * start must be finished, and nothing the job points at may change or be
- * freed before. */
+/* prt_unpack_data_par in the background: prt_unpack_start hands the
+ * entries to nthreads helpers (pool workers, or threads of their own) and
+ * returns at once (or, when that cannot be done, after doing the work);
+ * prt_unpack_finish works on what is left itself, waits for the helpers
+ * and gives the result. Every start must be finished, and nothing the job
+ * points at may change or be freed before. */
 typedef struct {
     const uint8_t *data;
     size_t len;
@@ -107,18 +107,16 @@ typedef struct {
     char *hex128s;
     int rc;                        /* private from here on */
     prt_err err;
-    int running;
-    prt_pool *pool;
-    uint64_t task[4];
-    unsigned char thread[64];
+    void *background;
 } prt_unpack_job;
 
 int prt_unpack_start(prt_pool *pool, prt_unpack_job *job, prt_err *err);
 int prt_unpack_finish(prt_unpack_job *job, prt_err *err);
-/* One entry packed on its own (what prt_pack does per entry), for callers
- * that assemble a container later from entries packed ahead of time. */
+/* One entry packed on its own (what prt_pack does per entry, at level 0),
+ * for callers that assemble a container later from entries packed ahead of
+ * time. level: 0 is LZ4's fast mode, 1 to 12 its HC mode at that level. */
 int prt_entry_bound(size_t len, size_t *out_bound, prt_err *err);
-int prt_pack_entry(const uint8_t *src, size_t len, uint8_t *dst, size_t cap,
+int prt_pack_entry(const uint8_t *src, size_t len, int level, uint8_t *dst, size_t cap,
                    uint8_t *method, size_t *stored, uint64_t *checksum,
                    char *hex128, prt_err *err);
 int prt_pack_stored_len(size_t n, const size_t *name_lens, const size_t *stored_sizes,

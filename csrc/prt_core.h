@@ -4,6 +4,7 @@
 #define PRT_CORE_H
 
 #include <stddef.h>
+#include <pthread.h>
 #include <stdint.h>
 
 #include "prt_core.cdef.h"
@@ -18,14 +19,6 @@ typedef struct prt_task prt_task;
 int prt_fail(prt_err *err, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-/* parallel.c: run fn(ctx, i, err) for every i < n on up to nthreads threads
- * (the caller's included; the others from pool, or started for the call
- * when pool is NULL). After a failure no new item starts; the return code
- * and err are those of the lowest failing item. */
-typedef int (*prt_item_fn)(void *ctx, size_t i, prt_err *err);
-int prt_parallel_for(prt_pool *pool, size_t n, unsigned nthreads, prt_item_fn fn, void *ctx,
-                     prt_err *err);
-
 /* A unit of work for a pool worker; the owner keeps it alive until
  * prt_pool_reclaim returned. */
 enum { PRT_TASK_QUEUED = 0, PRT_TASK_RUNNING = 1, PRT_TASK_DONE = 2 };
@@ -36,6 +29,46 @@ struct prt_task {
 };
 void prt_pool_submit(prt_pool *pool, prt_task *task);
 int prt_pool_reclaim(prt_pool *pool, prt_task *task);
+
+/* parallel.c: run fn(ctx, i, err) for every i < n on up to nthreads threads
+ * (the caller's included; the others from pool, or started for the call
+ * when pool is NULL). After a failure no new item starts; the return code
+ * and err are those of the lowest failing item. */
+typedef int (*prt_item_fn)(void *ctx, size_t i, prt_err *err);
+int prt_parallel_for(prt_pool *pool, size_t n, unsigned nthreads, prt_item_fn fn, void *ctx,
+                     prt_err *err);
+
+/* The same loop in two halves, for a caller with other work meanwhile:
+ * prt_par_begin hands the items to up to nhelpers helpers and returns;
+ * prt_par_end makes the caller work on what is left, waits for the helpers
+ * and gives the result. Every begin that returned 0 must be ended, and p
+ * and ctx must stay in place until then. */
+#define PRT_MAX_THREADS 64u
+typedef struct {
+    size_t n;
+    prt_item_fn fn;
+    void *ctx;
+    _Atomic size_t next;
+    _Atomic int stop;
+    pthread_mutex_t lock;  /* guards the failure below */
+    int fail_rc;
+    size_t fail_i;
+    prt_err fail_err;
+} par_state;
+typedef struct {
+    prt_task task;  /* first: a task pointer is a helper pointer */
+    par_state *s;
+} par_helper;
+typedef struct {
+    par_state s;
+    prt_pool *pool;
+    unsigned started;
+    par_helper helpers[PRT_MAX_THREADS];  /* with a pool */
+    pthread_t threads[PRT_MAX_THREADS];   /* without one */
+} prt_par;
+int prt_par_begin(prt_par *p, prt_pool *pool, size_t n, unsigned nhelpers, prt_item_fn fn,
+                  void *ctx, prt_err *err);
+int prt_par_end(prt_par *p, prt_err *err);
 
 static inline void prt_put16(uint8_t *p, uint16_t v)
 {

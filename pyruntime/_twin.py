@@ -28,6 +28,7 @@ INDEX_REC = struct.Struct("<HBBQQQ")  # name len, method, reserved, raw, stored,
 MAX_NAME = 255
 LZ4_MAX_INPUT = 0x7E000000
 LZ4_MAX_RATIO = 255
+LZ4HC_MAX_LEVEL = 12
 IO_CHUNK = 1 << 20
 EAGER_PAYLOAD = 16 << 20  # frame payloads up to this are allocated before reading
 
@@ -376,13 +377,22 @@ def unpack(data: bytes | bytearray | memoryview, max_entry: int, max_total: int)
 # entries packed ahead of their container, and unpacking into views
 
 
-def pack_entry(data: bytes | bytearray | memoryview) -> PackedEntry:
+def check_level(level: int) -> None:
+    if type(level) is not int or not 0 <= level <= LZ4HC_MAX_LEVEL:
+        raise ValueError(f"LZ4 level {level!r}: 0 (fast) or 1 to {LZ4HC_MAX_LEVEL} (HC)")
+
+
+def pack_entry(data: bytes | bytearray | memoryview, level: int = 0) -> PackedEntry:
+    """One entry packed at ``level``: 0 is LZ4's fast mode, 1 to 12 its HC
+    mode (csrc/packing.c, store_entry)."""
+    check_level(level)
     view = _flat(data)
     if len(view) > LZ4_MAX_INPUT:
         raise BundleFormatError(f"{len(view)} bytes is over the {LZ4_MAX_INPUT}-byte LZ4 block limit")
     method, stored = 0, view
     if len(view):
-        c = lz4.block.compress(view, mode="default", store_size=False)
+        c = (lz4.block.compress(view, mode="default", store_size=False) if level == 0 else
+             lz4.block.compress(view, mode="high_compression", compression=level, store_size=False))
         if len(c) < len(view):
             method, stored = 1, c
     return PackedEntry(method, len(view), _xxh3_64(view), stored, hash_bytes(view))

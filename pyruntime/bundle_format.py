@@ -132,7 +132,7 @@ def pack_kernel(kernel: TritonKernelArtifacts) -> tuple[list[int], PackedEntry]:
     blob = bytearray(size)
     for off, a in zip(offsets, arts):
         blob[off:off + len(a.payload)] = a.payload
-    return offsets, native.backend.pack_entry(blob)
+    return offsets, native.backend.pack_entry(blob, _env.bundle_level())
 
 
 def is_checked(bundle: TritonBundle) -> bool:

@@ -699,7 +699,8 @@ def _prepare_kernel(
         ro = memoryview(blob).toreadonly()
         arts = [TritonKernelArtifact(n, ro[off:off + size]) for n, off, size in zip(names, offsets, sizes)]
         kernel = TritonKernelArtifacts(h, device, arts, target, version)
-        return _PreparedKernel(root, kernel, offsets, backend.pack_entry(blob), table_record(kernel, offsets), stamp)
+        return _PreparedKernel(root, kernel, offsets, backend.pack_entry(blob, _env.bundle_level()),
+                               table_record(kernel, offsets), stamp)
     raise BundleFormatError(f"{path}: files keep changing while they are read ({_READ_ATTEMPTS} attempts)")
 
 
@@ -795,6 +796,7 @@ def collect_dir(
             )
     else:
         hashes = [check_kernel_hash(h) for h in dict.fromkeys(kernel_hashes)]
+    _env.bundle_level()  # a bad PYRUNTIME_BUNDLE_LEVEL fails here, not on a bundle thread
     return _bundle_of(_prepare_many([(root, h, device, kernel_hashes is None) for h in hashes]))
 
 
@@ -884,6 +886,7 @@ class TritonBundler:
             return
         if cls._entries is not None:
             raise RuntimeError("TritonBundler.begin_compile called again before collect/end_compile")
+        _env.bundle_level()  # a bad PYRUNTIME_BUNDLE_LEVEL fails here, not on a bundle thread
         log.debug("TritonBundler.begin_compile")
         cls._entries = []
         cls._pending = {}

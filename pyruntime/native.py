@@ -21,7 +21,7 @@ from typing import Any, Sequence
 from . import _twin, config
 from .errors import BundleFormatError, ProtocolError
 
-ABI_VERSION = 4  # must equal PRT_ABI_VERSION in csrc/prt_core.cdef.h
+ABI_VERSION = 5  # must equal PRT_ABI_VERSION in csrc/prt_core.cdef.h
 
 
 class PythonBackend:
@@ -228,7 +228,8 @@ class CBackend:
 
 
     # -- entries packed ahead of their container ------------------------------
-    def pack_entry(self, data: Any) -> _twin.PackedEntry:
+    def pack_entry(self, data: Any, level: int = 0) -> _twin.PackedEntry:
+        _twin.check_level(level)
         ffi, lib = self.ffi, self.lib
         src = ffi.from_buffer(data)
         err = ffi.new("prt_err *")
@@ -239,7 +240,7 @@ class CBackend:
         stored = ffi.new("size_t *")
         checksum = ffi.new("uint64_t *")
         hex128 = ffi.new("char[33]")
-        rc = lib.prt_pack_entry(src, len(src), dst, bound[0], method, stored, checksum, hex128, err)
+        rc = lib.prt_pack_entry(src, len(src), level, dst, bound[0], method, stored, checksum, hex128, err)
         self.check(rc, err, BundleFormatError)
         # copied out of the bound-sized scratch block, which is not kept
         return _twin.PackedEntry(method[0], len(src), checksum[0], ffi.buffer(dst, stored[0])[:],
@@ -388,17 +389,20 @@ class _CUnpacking:
     def start(self, first: int, count: int, nthreads: int) -> None:
         """:meth:`run` on the C worker pool, returning at once; the caller
         must :meth:`finish` (in a ``finally``) before it reads the entries
-        or drops this object."""
+        or drops this object. The caller's thread counts as one of
+        ``nthreads``: busy meanwhile, it works on what is left in
+        :meth:`finish`."""
         b = self._backend
         job = b.ffi.new("prt_unpack_job *")
         job.data, job.len, job.entries, job.n = self._src, len(self._src), self._entries, self._n
         job.first, job.count, job.out, job.out_len = first, count, self._block, self._total
-        job.nthreads, job.hex128s = self._threads(first, count, nthreads), self._hexes
+        job.nthreads, job.hex128s = max(1, self._threads(first, count, nthreads) - 1), self._hexes
         b.check(b.lib.prt_unpack_start(b.pool(), job, b.ffi.NULL))
         self._job, self._job_pid = job, os.getpid()
 
     def finish(self) -> None:
-        """Wait for :meth:`start`'s thread; raises what :meth:`run` would."""
+        """Unpack what :meth:`start`'s helpers have not taken, wait for
+        them; raises what :meth:`run` would."""
         job, self._job = self._job, None
         if job is None:
             return

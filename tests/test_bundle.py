@@ -105,6 +105,36 @@ def test_collect_dir_reads_every_compiled_kernel(kernel_cache):
                 assert a.payload == on_disk
 
 
+def test_bundle_level_sets_the_blob_compression_and_any_level_reads_back(kernel_cache, monkeypatch, tmp_path):
+    cache_dir, _ = kernel_cache
+    files = {}
+    for level in ("0", "9"):
+        monkeypatch.setenv("PYRUNTIME_BUNDLE_LEVEL", level)
+        files[level] = collect_dir(cache_dir).to_bytes()
+    assert len(files["9"]) < 0.9 * len(files["0"]), {k: len(v) for k, v in files.items()}
+    monkeypatch.delenv("PYRUNTIME_BUNDLE_LEVEL")
+    assert collect_dir(cache_dir).to_bytes() == files["9"]  # 9 is the default
+    trees = []
+    dest = tmp_path / "cache"  # the same place each time: .json files hold its path
+    for data in files.values():
+        TritonBundle.from_bytes(data).restore(dest)
+        trees.append(_files(dest))
+        shutil.rmtree(dest)
+    assert trees[0] == trees[1] and len(trees[0]) > 10
+
+
+@pytest.mark.parametrize("bad", ["13", "-1", "fast"])
+def test_a_bad_bundle_level_fails_before_any_packing(kernel_cache, monkeypatch, bad):
+    cache_dir, hashes = kernel_cache
+    monkeypatch.setenv("PYRUNTIME_BUNDLE_LEVEL", bad)
+    with pytest.raises(ValueError, match="PYRUNTIME_BUNDLE_LEVEL"):
+        collect_dir(cache_dir)
+    monkeypatch.setattr(TritonBundler.config, "enabled", True)
+    with pytest.raises(ValueError, match="PYRUNTIME_BUNDLE_LEVEL"):
+        TritonBundler.begin_compile()
+    TritonBundler.end_compile()
+
+
 def test_collect_dir_with_hashes_and_missing_ones(kernel_cache):
     cache_dir, hashes = kernel_cache
     bundle = collect_dir(cache_dir, [hashes[2], "NOSUCHKERNEL", hashes[0], hashes[2]])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
+import random
 import signal
 import struct
 import subprocess
@@ -98,6 +99,48 @@ def test_pack_entry_is_identical_on_both_backends(what):
         assert bytes(ce.stored) == bytes(data)
     else:
         assert len(ce.stored) < len(data)
+
+
+@pytest.mark.parametrize("level", [1, 4, 9, 12])
+@pytest.mark.parametrize("what", list(SAMPLE_DATA))
+def test_pack_entry_hc_levels_are_identical_on_both_backends_and_read_back(what, level):
+    c, py = _both()
+    data = SAMPLE_DATA[what]
+    ce, pe = c.pack_entry(data, level), py.pack_entry(data, level)
+    assert _entry_key(ce) == _entry_key(pe)
+    assert ce.checksum == c.pack_entry(data).checksum and ce.digest == hashing.hash_bytes(data)
+    if ce.method == 1:  # HC never does worse than the fast mode on these
+        assert len(ce.stored) <= len(c.pack_entry(data).stored)
+    blob = c.pack_stored([(b"e", ce)])
+    for b in (c, py):
+        assert b.unpack(blob, *LIMITS) == [(b"e", bytes(data))]
+
+
+def test_hc_packs_kernel_like_data_smaller_than_the_fast_mode():
+    c, _ = _both()
+    # text with repeats far apart: what HC's deeper search finds and fast mode misses
+    rnd = random.Random(5)
+    words = [bytes(rnd.choices(b"abcdefghijklmnopqrstuvwxyz_", k=rnd.randint(3, 12))) for _ in range(400)]
+    data = b" ".join(rnd.choice(words) for _ in range(30_000))
+    fast, hc = c.pack_entry(data, 0), c.pack_entry(data, 9)
+    assert hc.method == fast.method == 1
+    assert len(hc.stored) < 0.95 * len(fast.stored), (len(hc.stored), len(fast.stored))
+
+
+@pytest.mark.parametrize("level", [-1, 13, 2.0, True])
+def test_pack_entry_refuses_a_level_out_of_range(backend, level):
+    with pytest.raises(ValueError, match=r"LZ4 level .*0 \(fast\) or 1 to 12 \(HC\)"):
+        backend.pack_entry(b"x" * 100, level)
+
+
+def test_the_c_core_refuses_a_level_out_of_range_itself():
+    c, _ = _both()
+    ffi, lib = c.ffi, c.lib
+    dst = ffi.new("uint8_t[]", 1024)
+    out = [ffi.new(t) for t in ("uint8_t *", "size_t *", "uint64_t *")]
+    err = ffi.new("prt_err *")
+    rc = lib.prt_pack_entry(b"x" * 100, 100, 13, dst, 1024, *out, ffi.NULL, err)
+    assert rc == -errno.EINVAL and b"LZ4 level 13 (0 to 12)" in ffi.string(err.msg)
 
 
 def test_pack_entry_accepts_a_multi_byte_item_buffer(backend):
