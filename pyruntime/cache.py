@@ -57,12 +57,13 @@ import os
 import shutil
 import time
 import warnings
-from typing import Callable
+from typing import Callable, Sequence
 
 from . import _twin, native
 from . import config as _env
 from ._twin import FileTable, KernelJob, Swap
 from .bundler import (
+    _BIN_EXT_NAMES,
     REPLACE_SENTINEL,
     Buffer,
     MismatchPolicy,
@@ -78,6 +79,7 @@ from .errors import BundleCompatibilityError
 log = logging.getLogger(__name__)
 
 TMP_PREFIX = "tmp."
+_BIN_SUFFIXES = tuple(sorted("." + e for e in _BIN_EXT_NAMES))
 # A writer thread is worth starting for this many kernels: a kernel directory
 # of a typical torch.compile cache (8 files, ~120 kB) takes ~150 us to write
 # on tmpfs, starting a thread ~20-30 us (measured on the CI VM and the 16-core
@@ -314,6 +316,27 @@ def _file_table(bundle: TritonBundle, checked: bool | None = None) -> FileTable:
                      [memoryview(a.payload).nbytes for a in arts])
 
 
+def _restored_kernel_names(kernels: list[TritonKernelArtifacts], names: Sequence[str],
+                           restored: set[str]) -> list[str]:
+    """:meth:`TritonKernelArtifacts.kernel_names` of the restored kernels, in
+    order, from the table's file names (in kernel order, so one pass over
+    all of them when every kernel was restored)."""
+    if len(restored) == len(kernels):
+        return _kernel_names_in(names)
+    out: list[str] = []
+    for k in kernels:
+        if k.kernel_hash in restored:
+            out += k.kernel_names()
+    return out
+
+
+def _kernel_names_in(names: Sequence[str]) -> list[str]:
+    # as kernel_names: a binary extension after the last dot, a stem that
+    # is not only dots
+    stems = [n.rpartition(".")[0] for n in names if n.endswith(_BIN_SUFFIXES)]
+    return [s for s in stems if s.strip(".")]
+
+
 def _sentinel_swap(root: str) -> Swap:
     """``[REPLACE]`` in a kernel's ``.json`` files becomes the absolute path
     of its directory under ``root``, JSON-escaped (so any directory name
@@ -348,15 +371,22 @@ def restore(
     # No Triton here: nothing to compare the ABI with (as for the version).
     local_abi = installed_triton_abi() if installed else None
     wrong_abi = abi_reason(bundle.triton_abi, local_abi)
-    todo: list[tuple[str, TritonKernelArtifacts]] = []
-    for k in bundle.kernel_artifacts:
-        reason = mismatch_reason(k, installed, target, bundle.triton_version,
-                                 bundle_abi=bundle.triton_abi, local_abi=local_abi)
+    kernels = bundle.kernel_artifacts
+    reasons: dict[tuple[str | None, str | None], str | None] = {}  # one check per (version, target)
+    todo: list[tuple[str, TritonKernelArtifacts, int]] = []  # (root, kernel, its first file in the table)
+    first = 0
+    for k in kernels:
+        key = (k.triton_version, k.target)
+        if key not in reasons:
+            reasons[key] = mismatch_reason(k, installed, target, bundle.triton_version,
+                                           bundle_abi=bundle.triton_abi, local_abi=local_abi)
+        reason = reasons[key]
         if reason is not None and policy != "force":
             result.incompatible[k.kernel_hash] = reason
-            continue
-        root = os.fspath(cache_dir) if cache_dir is not None else triton_cache_dir(k.device)
-        todo.append((root, k))
+        else:
+            root = os.fspath(cache_dir) if cache_dir is not None else triton_cache_dir(k.device)
+            todo.append((root, k, first))
+        first += len(k.artifacts)
     if wrong_abi is not None and policy == "force":
         log.debug("bundle %s; writing it anyway (on_mismatch='force')", wrong_abi)
     if result.incompatible:
@@ -371,13 +401,8 @@ def restore(
     listings: dict[str, set[str]] = {}
     token = os.urandom(6).hex()
     pid = os.getpid()
-    firsts: dict[str, int] = {}
-    first = 0
-    for k in bundle.kernel_artifacts:
-        firsts[k.kernel_hash] = first
-        first += len(k.artifacts)
     jobs: dict[str, list[tuple[TritonKernelArtifacts, KernelJob]]] = {}
-    for n, (root, k) in enumerate(todo):
+    for n, (root, k, first) in enumerate(todo):
         names = listings.get(root)
         if names is None:
             if not os.path.isdir(root):
@@ -391,7 +416,7 @@ def restore(
         if h in names and _dir_has_files(os.path.join(root, h)):
             result.existing.append(h)
             continue
-        jobs.setdefault(root, []).append((k, (f"tmp.pid_{pid}_{token}_{n}", h, firsts[h], len(k.artifacts))))
+        jobs.setdefault(root, []).append((k, (f"tmp.pid_{pid}_{token}_{n}", h, first, len(k.artifacts))))
 
     # 3. write: each kernel into its tmp directory, renamed into place (on
     # PYRUNTIME_IO_THREADS threads in C; the test hook needs the twin)
@@ -405,11 +430,12 @@ def restore(
         for (k, _), (ok, nbytes) in zip(todo_here, done):
             if ok == 1:
                 result.restored.append(k.kernel_hash)
-                result.kernel_names += k.kernel_names()
                 result.files_written += len(k.artifacts)
                 result.bytes_written += nbytes
             else:
                 result.existing.append(k.kernel_hash)
         if do_fsync and any(ok == 1 for ok, _ in done):
             _fsync_dir(root)
+    if table is not None:
+        result.kernel_names = _restored_kernel_names(kernels, table.names, set(result.restored))
     return result

@@ -61,6 +61,26 @@ def _expected_files(bundle: TritonBundle, cache_dir: str) -> dict[str, bytes]:
 # one restorer
 
 
+TRICKY_NAMES = ["k.cubin", "k.json", "a.b.cubin", ".cubin", "...hsaco", "x.cubinx", "cubin", "k.cubin.cubin",
+                "__grp__k.json", "z.spv", "y.zebin", "w.hsaco", "v.ptx", "u. cubin", " .cubin"]
+
+
+def test_restored_kernel_names_match_kernel_names_whatever_is_restored(tmp_path):
+    kernels = [bundler.TritonKernelArtifacts(f"K{i}", 0, [bundler.TritonKernelArtifact(n, b"x") for n in names])
+               for i, names in enumerate([TRICKY_NAMES[:5], TRICKY_NAMES[5:11], TRICKY_NAMES[11:], []])]
+    b = TritonBundle(kernels)
+    result = b.restore(str(tmp_path / "all"))
+    want = [n for k in kernels for n in k.kernel_names()]
+    assert want == ["k", "a.b", "k.cubin", "z", "y", "w", " "]
+    assert result.kernel_names == want
+    # some kernels already there: only the restored ones' names, in order
+    part = tmp_path / "part"
+    TritonBundle([kernels[1]]).restore(str(part))
+    result = b.restore(str(part))
+    assert result.restored == ["K0", "K2", "K3"]
+    assert result.kernel_names == [n for k in (kernels[0], kernels[2]) for n in k.kernel_names()]
+
+
 def test_restore_into_an_empty_cache(bundle, tmp_path):
     root = str(tmp_path / "cache")
     result = bundle.restore(root)
