@@ -22,7 +22,7 @@ from pathlib import Path
 from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
-SOURCES = ["framing.c", "hashing.c", "packing.c", "kernel_dirs.c", "parallel.c", "xxh_avx2.c"]
+SOURCES = ["framing.c", "hashing.c", "packing.c", "kernel_dirs.c", "bundle_table.c", "parallel.c", "xxh_avx2.c"]
 DEPS = {
     # pkg-config name: (header, Debian package, Fedora package)
     "liblz4": ("lz4.h", "liblz4-dev", "lz4-devel"),

@@ -3,7 +3,7 @@
  * Every int-returning function follows one contract: 0 on success, or a
  * negative value that is either -errno or one of the PRT_E_* statuses. */
 
-#define PRT_ABI_VERSION 5
+#define PRT_ABI_VERSION 6
 #define PRT_FRAME_HEADER_SIZE 32
 #define PRT_PACK_HEADER_SIZE 32
 #define PRT_HEX128_LEN 33
@@ -112,6 +112,15 @@ typedef struct {
 
 int prt_unpack_start(prt_pool *pool, prt_unpack_job *job, prt_err *err);
 int prt_unpack_finish(prt_unpack_job *job, prt_err *err);
+/* Whether a bundle's kernel table passes every check of the reader's
+ * common case (bundle_table.c): 0, else PRT_E_FORMAT. hashes and names are
+ * NUL-terminated strings back to back; kernel k owns kernel_files[k] files,
+ * in order; numbers holds nfiles blob indexes, then their offsets, then
+ * their sizes: file i lies at numbers[nfiles + i] of blob numbers[i]. */
+int prt_table_is_plain(const char *hashes, size_t hashes_len, size_t nkernels,
+                       const uint32_t *kernel_files, const char *names, size_t names_len,
+                       size_t nfiles, const uint64_t *numbers, const uint64_t *blob_lens,
+                       size_t nblobs, prt_err *err);
 /* One entry packed on its own (what prt_pack does per entry, at level 0),
  * for callers that assemble a container later from entries packed ahead of
  * time. level: 0 is LZ4's fast mode, 1 to 12 its HC mode at that level. */

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 import struct
 from typing import Callable, NamedTuple, Sequence
@@ -70,6 +71,42 @@ KernelJob = tuple[str, str, int, int]
 #: (sentinel, prefix): in ``*.json`` files each sentinel becomes prefix +
 #: the kernel's final name
 Swap = tuple[bytes, bytes]
+
+
+# what csrc/bundle_table.c calls plain (its comment has the rules)
+_PLAIN_HASH_RE = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,127}")
+_PLAIN_NAME_RE = re.compile(r"[\x20-\x2e\x30-\x5b\x5d-\x7e]{1,255}")
+_ODD_NAMES = frozenset({".", "..", "lock"})
+
+
+def table_is_plain(hashes: Sequence[str], kernel_files: Sequence[int], names: Sequence[str],
+                   numbers: Sequence[int], blob_lens: Sequence[int]) -> bool:
+    """prt_table_is_plain: whether a kernel table passes every check of the
+    bundle reader's common case (the reader checks item by item when not).
+    ``numbers`` holds each file's blob index, then each one's offset, then
+    each one's size; each must be an integer from 0 to 2**64 - 1."""
+    n = len(names)
+    if not all(type(x) is str for x in [*hashes, *names]) or len(numbers) != 3 * n \
+            or not all(type(x) is int and 0 <= x < 1 << 64 for x in numbers):
+        return False
+    if not all(_PLAIN_HASH_RE.fullmatch(h) and not h.startswith("tmp.") for h in hashes) \
+            or len(set(hashes)) != len(hashes):
+        return False
+    if not all(map(_PLAIN_NAME_RE.fullmatch, names)) or not _ODD_NAMES.isdisjoint(names):
+        return False
+    first = 0
+    for count in kernel_files:
+        if first + count > n or len(set(names[first:first + count])) != count:
+            return False
+        first += count
+    if first != n:
+        return False
+    pos = [0] * len(blob_lens)
+    for blob, off, size in sorted(zip(numbers[:n], numbers[n:2 * n], numbers[2 * n:])):
+        if blob >= len(blob_lens) or off != pos[blob] or size > blob_lens[blob] - off:
+            return False
+        pos[blob] = off + size
+    return pos == list(blob_lens)
 
 
 def check_table_lengths(table: FileTable) -> None:

@@ -43,7 +43,6 @@ from __future__ import annotations
 import json
 import operator
 import os
-import re
 from typing import Any
 
 from . import config as _env
@@ -52,8 +51,6 @@ from ._atomic import write_atomic
 from ._twin import FileTable, PackedEntry
 from ._version import __version__
 from .bundler import (
-    _HASH_RE,
-    _SKIP_FILES,
     Buffer,
     TritonBundle,
     TritonKernelArtifact,
@@ -337,11 +334,6 @@ def parse_header(raw: Buffer) -> dict[str, Any]:
     return man
 
 
-# The common case of a kernel table checked in bulk: every file name plain
-# printable ASCII (bundler._PLAIN_ASCII_RE), one per line.
-_ASCII_NAMES_RE = re.compile(r"(?:[\x20-\x2e\x30-\x5b\x5d-\x7e]{1,255}\n)*")
-_ODD_NAMES = frozenset({".", ".."}) | _SKIP_FILES
-
 #: The files of a kernel table as columns: names, blob indexes, offsets, sizes.
 Columns = tuple[list[str], list[int], list[int], list[int]]
 
@@ -372,10 +364,13 @@ def _check_kernels(kernels: list[Any]) -> None:
             raise _fail(f"kernel {h}: a file name appears twice")
 
 
-def _columns_if_plain(kernels: list[Any]) -> Columns | None:
-    """The file columns when every check of :func:`_check_kernels` passes on
-    the common case (plain ASCII names), done with a few bulk operations
-    instead of a few calls per file; ``None`` means: check one by one."""
+def _columns_if_plain(kernels: list[Any], blob_lens: list[int]) -> Columns | None:
+    """The file columns when every check of :func:`_check_kernels` and
+    :func:`_check_tiling` passes on the common case (plain ASCII names):
+    the fields of each kernel here, the names, numbers and ranges in one
+    call of the backend (``table_is_plain``) instead of a few calls per
+    file. ``None`` means: check one by one. The caller made sure the table
+    holds no JSON boolean (``True`` would pass as the integer 1)."""
     try:
         for k in kernels:
             if type(k) is not dict or k.keys() != _KERNEL_KEYS or type(k["files"]) is not list \
@@ -383,63 +378,55 @@ def _columns_if_plain(kernels: list[Any]) -> Columns | None:
                 return None
             check_target(k["target"])
             check_version(k["triton_version"], "triton_version")
-        hashes = [k["hash"] for k in kernels]
-        if len(set(hashes)) != len(hashes) or not all(map(_HASH_RE.fullmatch, hashes)) \
-                or any(h.startswith("tmp.") for h in hashes):
-            return None
         files = [f for k in kernels for f in k["files"]]
-        if not files:
-            return [], [], [], []
-        if {type(f) for f in files} != {list} or set(map(len, files)) != {4}:
-            return None
-        names, blob_of, offs, sizes = map(list, zip(*files))
-        numbers = blob_of + offs + sizes
-        if set(map(type, numbers)) != {int} or min(numbers) < 0:
-            return None
-        if not _ASCII_NAMES_RE.fullmatch("\n".join(names) + "\n") or not _ODD_NAMES.isdisjoint(names):
-            return None
-        first = 0
-        for k in kernels:
-            n = len(k["files"])
-            if len(set(names[first:first + n])) != n:
+        if files:
+            if {type(f) for f in files} != {list} or set(map(len, files)) != {4}:
                 return None
-            first += n
-    except (TypeError, BundleFormatError):
+            names, blob_of, offs, sizes = map(list, zip(*files))
+        else:
+            names, blob_of, offs, sizes = [], [], [], []
+        if not native.backend.table_is_plain([k["hash"] for k in kernels], [len(k["files"]) for k in kernels],
+                                             names, blob_of + offs + sizes, blob_lens):
+            return None
+    except BundleFormatError:
         return None
     return names, blob_of, offs, sizes
 
 
-def parse_kernels(raw: Buffer) -> tuple[list[dict[str, Any]], Columns]:
-    """Parse and check ``kernels.json``: every hash and file name is a
-    plain name, no kernel or file appears twice. Returns the kernels and
-    their files as columns."""
+def parse_kernels(raw: Buffer, blob_lens: list[int]) -> tuple[list[dict[str, Any]], Columns]:
+    """Parse and check ``kernels.json`` against blobs of ``blob_lens``
+    bytes: every hash and file name is a plain name, no kernel or file
+    appears twice, the files tile the blobs. Returns the kernels and their
+    files as columns."""
     kernels = _parse_json(raw, KERNELS_NAME)
     if not isinstance(kernels, list):
         raise _fail(f"{KERNELS_NAME} is not a list")
-    columns = _columns_if_plain(kernels)
+    text = bytes(raw)
+    columns = None if b"true" in text or b"false" in text else _columns_if_plain(kernels, blob_lens)
     if columns is None:
         _check_kernels(kernels)  # raises, or passes names beyond plain ASCII
         files = [f for k in kernels for f in k["files"]]
         columns = tuple(map(list, zip(*files))) if files else ([], [], [], [])  # type: ignore[assignment]
+        _check_tiling(kernels, columns, blob_lens)
     return kernels, columns  # type: ignore[return-value]
 
 
-def _check_tiling(kernels: list[dict[str, Any]], columns: Columns, blobs: list[memoryview]) -> None:
+def _check_tiling(kernels: list[dict[str, Any]], columns: Columns, blob_lens: list[int]) -> None:
     """Every byte of every blob belongs to exactly one file: the ranges,
     sorted, must tile each blob with no gap or overlap."""
     _, blob_of, offs, sizes = columns
-    pos = [0] * len(blobs)
+    pos = [0] * len(blob_lens)
     for blob, off, size, i in sorted(zip(blob_of, offs, sizes, range(len(offs)))):
-        if blob >= len(blobs) or off != pos[blob]:
+        if blob >= len(blob_lens) or off != pos[blob]:
             h, name = _file_at(kernels, i)
-            if blob >= len(blobs):
+            if blob >= len(blob_lens):
                 raise _fail(f"kernel {h}: file {name!r} points at blob {blob}, which does not exist")
             kind = "overlaps another file" if off < pos[blob] else "leaves a gap before it"
             raise _fail(f"kernel {h}: file {name!r} at blob {blob} offset {off} {kind}")
         pos[blob] = off + size
-    for i, (end, blob) in enumerate(zip(pos, blobs)):
-        if end != len(blob):
-            raise _fail(f"blob {i}: files cover {end} of its {len(blob)} bytes")
+    for i, (end, size) in enumerate(zip(pos, blob_lens)):
+        if end != size:
+            raise _fail(f"blob {i}: files cover {end} of its {size} bytes")
 
 
 def _file_at(kernels: list[dict[str, Any]], i: int) -> tuple[str, str]:
@@ -505,8 +492,7 @@ def _build(u: Any, names: list[str]) -> tuple[TritonBundle, memoryview]:
     for i, (want, blob) in enumerate(zip(header["blobs"], blobs)):
         if len(blob) != want:
             raise _fail(f"blob {i} holds {len(blob)} bytes, the header says {want}")
-    kernels, columns = parse_kernels(kernels_raw)
-    _check_tiling(kernels, columns, blobs)
+    kernels, columns = parse_kernels(kernels_raw, header["blobs"])
     targets = sorted({k["target"] for k in kernels if k["target"]})
     if header["targets"] != targets:
         raise _fail(f"header targets {header['targets']} differ from the kernels' targets {targets}")

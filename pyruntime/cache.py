@@ -65,7 +65,6 @@ from ._twin import FileTable, KernelJob, Swap
 from .bundler import (
     _BIN_EXT_NAMES,
     REPLACE_SENTINEL,
-    Buffer,
     MismatchPolicy,
     TritonBundle,
     TritonKernelArtifacts,

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 from . import _twin, config
 from .errors import BundleFormatError, ProtocolError
 
-ABI_VERSION = 5  # must equal PRT_ABI_VERSION in csrc/prt_core.cdef.h
+ABI_VERSION = 6  # must equal PRT_ABI_VERSION in csrc/prt_core.cdef.h
 
 
 class PythonBackend:
@@ -41,6 +41,7 @@ class PythonBackend:
     unpack_views = staticmethod(_twin.unpack_views)
     read_files = staticmethod(_twin.read_files)
     write_kernels = staticmethod(_twin.write_kernels)
+    table_is_plain = staticmethod(_twin.table_is_plain)
 
     @staticmethod
     def set_pdeathsig(sig: int) -> None:
@@ -306,6 +307,28 @@ class CBackend:
         u = self.unpack_begin(data, max_entry, max_total)
         u.run(0, len(u.names), nthreads)
         return u.names, u.views, u.digests()
+
+    def table_is_plain(self, hashes: Sequence[str], kernel_files: Sequence[int], names: Sequence[str],
+                       numbers: Sequence[int], blob_lens: Sequence[int]) -> bool:
+        """prt_table_is_plain (see :func:`pyruntime._twin.table_is_plain`);
+        a hash or name that is not a string or does not encode, or a number
+        that is not an integer of 64 bits, is not plain either."""
+        ffi = self.ffi
+        n = len(names)
+        if len(numbers) != 3 * n:
+            return False
+        try:
+            hbuf = ("\0".join(hashes) + "\0").encode() if hashes else b""
+            nbuf = ("\0".join(names) + "\0").encode() if names else b""
+            # array() refuses floats, strings and what is out of range (bools
+            # pass as 0 and 1: the caller keeps them out)
+            cols = ffi.from_buffer("uint64_t[]", array("Q", numbers)) if n else ffi.NULL
+            lens = ffi.from_buffer("uint64_t[]", array("Q", blob_lens)) if blob_lens else ffi.NULL
+            counts = ffi.from_buffer("uint32_t[]", array(_U32, kernel_files)) if kernel_files else ffi.NULL
+        except (TypeError, UnicodeEncodeError, OverflowError):
+            return False
+        return self.lib.prt_table_is_plain(hbuf, len(hbuf), len(hashes), counts, nbuf, len(nbuf), n,
+                                           cols, lens, len(blob_lens), ffi.NULL) == 0
 
     # -- kernel directories -------------------------------------------------
     def read_files(self, directory: str, names: Sequence[str | None], offsets: Sequence[int],

@@ -464,6 +464,18 @@ def test_crafted_bundle_sanity():
     assert bundle.kernel_artifacts[0].artifacts[0].payload == b"ABCD"
 
 
+def test_tables_off_the_fast_path_still_read(tmp_path):
+    """Names the fast path leaves to the item-by-item checks (non-ASCII, or
+    spelling a JSON boolean) read the same."""
+    kernels = [_kernel("K1", [("true.cubin", 0, 0, 2), ("false.json", 0, 2, 2)]),
+               _kernel("K2", [("é.ptx", 1, 0, 4)])]
+    bundle = TritonBundle.from_bytes(_craft(kernels, [b"ABCD", b"EFGH"]))
+    assert [(a.filename, bytes(a.payload)) for k in bundle.kernel_artifacts for a in k.artifacts] == [
+        ("true.cubin", b"AB"), ("false.json", b"CD"), ("é.ptx", b"EFGH")]
+    bundle.restore(tmp_path)
+    assert _files(tmp_path) == {"K1/true.cubin": b"AB", "K1/false.json": b"CD", "K2/é.ptx": b"EFGH"}
+
+
 @pytest.mark.parametrize("kernels,blobs,match", [
     ([_kernel(h="../../etc")], [b"ABCD"], "not a plain directory name"),
     ([_kernel(h="/abs")], [b"ABCD"], "not a plain directory name"),
@@ -487,6 +499,10 @@ def test_crafted_bundle_sanity():
     ([_kernel(files=[("a", 1, 0, 4)])], [b"ABCD"], "does not exist"),
     ([_kernel(files=[("a", 0, 0, -4)])], [b"ABCD"], r"\[name, blob, offset, size\]"),
     ([_kernel(files=[("a", 0, 0, True)])], [b"ABCD"], r"\[name, blob, offset, size\]"),
+    ([_kernel(files=[("a", False, 0, 4)])], [b"ABCD"], r"\[name, blob, offset, size\]"),
+    ([_kernel(files=[("a", 0, 0, 4.0)])], [b"ABCD"], r"\[name, blob, offset, size\]"),
+    ([_kernel(files=[("a", 0, 2**64, 4)])], [b"ABCD"], "gap"),
+    ([_kernel(files=[("a", 2**64, 0, 4)])], [b"ABCD"], "does not exist"),
     ([_kernel(files=[("a", 0, 0)])], [b"ABCD"], r"\[name, blob, offset, size\]"),
     ([_kernel(device=-1)], [b"ABCD"], "device"),
     ([_kernel(device="0")], [b"ABCD"], "device"),
