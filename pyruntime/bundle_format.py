@@ -52,15 +52,14 @@ from ._twin import FileTable, PackedEntry
 from ._version import __version__
 from .bundler import (
     Buffer,
+    KernelRow,
     TritonBundle,
-    TritonKernelArtifact,
     TritonKernelArtifacts,
     check_file_name,
     check_kernel_hash,
     check_target,
     check_abi,
     check_version,
-    mark_checked,
 )
 from .errors import BundleFormatError
 from .hashing import hash_bytes
@@ -135,7 +134,10 @@ def pack_kernel(kernel: TritonKernelArtifacts) -> tuple[list[int], PackedEntry]:
 def is_checked(bundle: TritonBundle) -> bool:
     """Whether ``bundle`` still holds the very kernel and artifact objects a
     collect or a decode checked (both are frozen, only the lists could have
-    changed); then :func:`check_bundle` would find nothing new."""
+    changed), or a decode's kernels whose objects were never built; then
+    :func:`check_bundle` would find nothing new."""
+    if bundle.__dict__["_kernels"] is None and bundle._rows is not None:
+        return True
     pre = bundle._checked
     if pre is None:
         return False
@@ -162,6 +164,15 @@ def decoded_table(bundle: TritonBundle, checked: bool | None = None) -> FileTabl
     if bundle._table is None or not (is_checked(bundle) if checked is None else checked):
         return None
     return bundle._table
+
+
+def kernel_rows(bundle: TritonBundle) -> list[KernelRow]:
+    """The bundle's kernels as rows, in order: a decode's own while their
+    objects were never built, else made from the objects."""
+    if bundle.__dict__["_kernels"] is None and bundle._rows is not None:
+        return bundle._rows
+    return [KernelRow(k.kernel_hash, k.device, k.target, k.triton_version, len(k.artifacts))
+            for k in bundle.kernel_artifacts]
 
 
 def check_bundle(bundle: TritonBundle) -> None:
@@ -497,20 +508,12 @@ def _build(u: Any, names: list[str]) -> tuple[TritonBundle, memoryview]:
     if header["targets"] != targets:
         raise _fail(f"header targets {header['targets']} differ from the kernels' targets {targets}")
 
-    file_names, blob_of, offs, sizes = columns
-    payloads = [blobs[b][o:o + n] for b, o, n in zip(blob_of, offs, sizes)]
-    arts = list(map(TritonKernelArtifact, file_names, payloads))
-    out = []
-    first = 0
-    for k in kernels:
-        n = len(k["files"])
-        out.append(TritonKernelArtifacts(k["hash"], k["device"], arts[first:first + n], k["target"],
-                                         k["triton_version"]))
-        first += n
-    bundle = TritonBundle(out, header["triton_version"], header["pyruntime_version"], header["content_digest"],
-                          triton_abi=header.get("triton_abi"))
-    mark_checked(bundle)
-    object.__setattr__(bundle, "_table", FileTable(blobs, file_names, blob_of, offs, sizes))
+    # the kernel and artifact objects are built on first use (bundler.KernelRow)
+    bundle = TritonBundle(None, header["triton_version"], header["pyruntime_version"],  # type: ignore[arg-type]
+                          header["content_digest"], triton_abi=header.get("triton_abi"))
+    object.__setattr__(bundle, "_rows", [KernelRow(k["hash"], k["device"], k["target"], k["triton_version"],
+                                                   len(k["files"])) for k in kernels])
+    object.__setattr__(bundle, "_table", FileTable(blobs, *columns))
     return bundle, kernels_raw
 
 

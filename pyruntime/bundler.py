@@ -47,7 +47,7 @@ import re
 import sys
 import threading
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Literal, Union
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Literal, NamedTuple, Union
 
 from . import config as _env
 from . import native as _native
@@ -398,8 +398,13 @@ class TritonBundle:
     _packed: tuple[list[list[int]], list[PackedEntry], list[bytes]] | None = dataclasses.field(
         default=None, init=False, repr=False, compare=False)
     # every file, flat, pointing into the unpacked blobs, when a decode built
-    # the bundle (what restore hands the C writer); valid while _checked is
+    # the bundle (what restore hands the C writer); valid while _checked is,
+    # or while the kernel objects were never built
     _table: FileTable | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
+    # a decode's kernels as rows; the kernel and artifact objects are built
+    # from them and _table on first use of kernel_artifacts (a load+restore
+    # needs none of them)
+    _rows: list[KernelRow] | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
     # -- information ---------------------------------------------------
     @property
@@ -460,6 +465,63 @@ class TritonBundle:
         from . import cache
 
         return cache.restore(self, cache_dir, on_mismatch=on_mismatch, target=target, fsync=fsync)
+
+
+class KernelRow(NamedTuple):
+    """A kernel of a decoded bundle without its artifact objects: what
+    restore needs of it (the fields of :class:`TritonKernelArtifacts`, and
+    the number of its files, which come in table order)."""
+
+    kernel_hash: str
+    device: int
+    target: str | None
+    triton_version: str | None
+    nfiles: int
+
+
+_BUILD_LOCK = threading.Lock()
+
+
+def _kernel_artifacts(bundle: TritonBundle) -> list[TritonKernelArtifacts]:
+    kernels = bundle.__dict__["_kernels"]
+    if kernels is None and bundle.__dict__.get("_rows") is not None:
+        kernels = _build_kernels(bundle)
+    return kernels
+
+
+def _set_kernel_artifacts(bundle: TritonBundle, kernels: list[TritonKernelArtifacts]) -> None:
+    # reached only through object.__setattr__ (the dataclass __init__): the
+    # frozen class refuses an assignment before it gets here
+    bundle.__dict__["_kernels"] = kernels
+
+
+def _build_kernels(bundle: TritonBundle) -> list[TritonKernelArtifacts]:
+    """The kernel and artifact objects of a decoded bundle, from its rows
+    and file table (payloads are views into the unpacked blobs), once."""
+    with _BUILD_LOCK:
+        kernels = bundle.__dict__["_kernels"]
+        if kernels is not None:
+            return kernels
+        t = bundle._table
+        assert t is not None and bundle._rows is not None
+        payloads = [t.blobs[b][o:o + n] for b, o, n in zip(t.blob_of, t.offs, t.sizes)]
+        arts = list(map(TritonKernelArtifact, t.names, payloads))
+        kernels = []
+        first = 0
+        for r in bundle._rows:
+            kernels.append(TritonKernelArtifacts(r.kernel_hash, r.device, arts[first:first + r.nfiles], r.target,
+                                                 r.triton_version))
+            first += r.nfiles
+        bundle.__dict__["_kernels"] = kernels
+        mark_checked(bundle)
+        return kernels
+
+
+# The field is a property, set after the dataclass is made (else the dataclass
+# would take the property for the field's default).
+TritonBundle.kernel_artifacts = property(  # type: ignore[method-assign,assignment]
+    _kernel_artifacts, _set_kernel_artifacts,
+    doc="The kernels: a decoded bundle builds these objects on first use.")
 
 
 # --------------------------------------------------------------------------

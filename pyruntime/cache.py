@@ -65,6 +65,7 @@ from ._twin import FileTable, KernelJob, Swap
 from .bundler import (
     _BIN_EXT_NAMES,
     REPLACE_SENTINEL,
+    KernelRow,
     MismatchPolicy,
     TritonBundle,
     TritonKernelArtifacts,
@@ -128,7 +129,7 @@ def abi_reason(bundle_abi: str | None, local_abi: str | None) -> str | None:
 
 
 def mismatch_reason(
-    kernel: TritonKernelArtifacts,
+    kernel: TritonKernelArtifacts | KernelRow,
     installed: str | None,
     target: str | None,
     default_version: str | None = None,
@@ -315,17 +316,17 @@ def _file_table(bundle: TritonBundle, checked: bool | None = None) -> FileTable:
                      [memoryview(a.payload).nbytes for a in arts])
 
 
-def _restored_kernel_names(kernels: list[TritonKernelArtifacts], names: Sequence[str],
-                           restored: set[str]) -> list[str]:
+def _restored_kernel_names(kernels: list[KernelRow], names: Sequence[str], restored: set[str]) -> list[str]:
     """:meth:`TritonKernelArtifacts.kernel_names` of the restored kernels, in
-    order, from the table's file names (in kernel order, so one pass over
-    all of them when every kernel was restored)."""
+    order, from the table's file names (in kernel order)."""
     if len(restored) == len(kernels):
         return _kernel_names_in(names)
     out: list[str] = []
+    first = 0
     for k in kernels:
         if k.kernel_hash in restored:
-            out += k.kernel_names()
+            out += _kernel_names_in(names[first:first + k.nfiles])
+        first += k.nfiles
     return out
 
 
@@ -355,7 +356,7 @@ def restore(
     """Write ``bundle``'s kernels into ``cache_dir`` (default: the Triton
     cache directory of each kernel's device). See the module docstring for
     the guarantees and the ``on_mismatch``/``target`` policy."""
-    from .bundle_format import check_bundle, is_checked
+    from .bundle_format import check_bundle, is_checked, kernel_rows
 
     checked = is_checked(bundle)
     if not checked:  # a bundle just loaded or collected was checked then
@@ -370,9 +371,9 @@ def restore(
     # No Triton here: nothing to compare the ABI with (as for the version).
     local_abi = installed_triton_abi() if installed else None
     wrong_abi = abi_reason(bundle.triton_abi, local_abi)
-    kernels = bundle.kernel_artifacts
+    kernels = kernel_rows(bundle)  # no kernel or artifact object is built for a loaded bundle
     reasons: dict[tuple[str | None, str | None], str | None] = {}  # one check per (version, target)
-    todo: list[tuple[str, TritonKernelArtifacts, int]] = []  # (root, kernel, its first file in the table)
+    todo: list[tuple[str, KernelRow, int]] = []  # (root, kernel, its first file in the table)
     first = 0
     for k in kernels:
         key = (k.triton_version, k.target)
@@ -385,7 +386,7 @@ def restore(
         else:
             root = os.fspath(cache_dir) if cache_dir is not None else triton_cache_dir(k.device)
             todo.append((root, k, first))
-        first += len(k.artifacts)
+        first += k.nfiles
     if wrong_abi is not None and policy == "force":
         log.debug("bundle %s; writing it anyway (on_mismatch='force')", wrong_abi)
     if result.incompatible:
@@ -400,7 +401,7 @@ def restore(
     listings: dict[str, set[str]] = {}
     token = os.urandom(6).hex()
     pid = os.getpid()
-    jobs: dict[str, list[tuple[TritonKernelArtifacts, KernelJob]]] = {}
+    jobs: dict[str, list[tuple[KernelRow, KernelJob]]] = {}
     for n, (root, k, first) in enumerate(todo):
         names = listings.get(root)
         if names is None:
@@ -415,7 +416,7 @@ def restore(
         if h in names and _dir_has_files(os.path.join(root, h)):
             result.existing.append(h)
             continue
-        jobs.setdefault(root, []).append((k, (f"tmp.pid_{pid}_{token}_{n}", h, first, len(k.artifacts))))
+        jobs.setdefault(root, []).append((k, (f"tmp.pid_{pid}_{token}_{n}", h, first, k.nfiles)))
 
     # 3. write: each kernel into its tmp directory, renamed into place (on
     # PYRUNTIME_IO_THREADS threads in C; the test hook needs the twin)
@@ -429,7 +430,7 @@ def restore(
         for (k, _), (ok, nbytes) in zip(todo_here, done):
             if ok == 1:
                 result.restored.append(k.kernel_hash)
-                result.files_written += len(k.artifacts)
+                result.files_written += k.nfiles
                 result.bytes_written += nbytes
             else:
                 result.existing.append(k.kernel_hash)

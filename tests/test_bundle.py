@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -1016,6 +1017,32 @@ def test_a_loaded_bundle_changed_after_load_is_checked_again_on_restore(bundle_f
     assert not (tmp_path / "a").exists() or not os.listdir(tmp_path / "a")
     k.artifacts.pop()
     assert len(loaded.restore(str(tmp_path / "c"), on_mismatch="force").restored) == len(loaded)
+
+
+def test_a_loaded_bundle_builds_its_kernel_objects_only_when_asked(bundle_file_for_checks, kernel_cache, tmp_path):
+    """load+restore needs no kernel or artifact object; the first use of
+    kernel_artifacts builds them, once, equal to what was collected."""
+    loaded = TritonBundle.load(bundle_file_for_checks)
+    result = loaded.restore(str(tmp_path / "a"))
+    assert loaded.__dict__["_kernels"] is None  # restore built none
+    original = collect_dir(kernel_cache[0])
+    assert sorted(result.kernel_names) == sorted(original.kernel_names())
+    assert result.files_written == sum(len(k.artifacts) for k in original.kernel_artifacts)
+    # several threads asking first all get the one list
+    again = TritonBundle.load(bundle_file_for_checks)
+    with ThreadPoolExecutor(4) as ex:
+        got = list(ex.map(lambda _: again.kernel_artifacts, range(8)))
+    assert all(g is got[0] for g in got)
+    assert again == loaded == original and len(again) == len(original) and "TritonKernelArtifacts(" in repr(again)
+    assert again.kernel_artifacts[0].artifacts[0].payload.readonly
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        again.kernel_artifacts = []
+    # built and untouched, it restores the same files; replace() keeps the objects
+    first = _files(tmp_path / "a")
+    shutil.rmtree(tmp_path / "a")
+    again.restore(str(tmp_path / "a"))
+    assert _files(tmp_path / "a") == first and len(first) == result.files_written
+    assert dataclasses.replace(again, triton_abi=None).kernel_artifacts is again.kernel_artifacts
 
 
 @pytest.fixture
