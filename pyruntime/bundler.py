@@ -76,6 +76,17 @@ GPU_KERNEL_BIN_EXTS: dict[str, str] = {
 _BIN_EXTS = frozenset(GPU_KERNEL_BIN_EXTS.values())
 _BIN_EXT_NAMES = frozenset(e[1:] for e in _BIN_EXTS)
 
+_BIN_SUFFIXES = tuple(sorted("." + e for e in _BIN_EXT_NAMES))
+
+
+def kernel_names_in(file_names: Iterable[str]) -> list[str]:
+    """The kernel names among file names: stems of binary artifacts (as
+    :func:`os.path.splitext` sees them: a stem of only dots has no
+    extension), in order."""
+    stems = [n.rpartition(".")[0] for n in file_names if n.endswith(_BIN_SUFFIXES)]
+    return [s for s in stems if s.strip(".")]
+
+
 # A kernel hash names a directory in the cache: Triton's base32 keys and
 # Inductor's hex keys both fit. "tmp.*" is reserved for in-flight restores.
 _HASH_RE = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,127}")
@@ -346,13 +357,7 @@ class TritonKernelArtifacts:
 
     def kernel_names(self) -> list[str]:
         """Names of the kernels in this directory (stems of binary artifacts)."""
-        names = []
-        for a in self.artifacts:
-            stem, dot, ext = a.filename.rpartition(".")
-            # as os.path.splitext: leading dots do not start an extension
-            if dot and ext in _BIN_EXT_NAMES and stem.strip("."):
-                names.append(stem)
-        return names
+        return kernel_names_in([a.filename for a in self.artifacts])
 
     @property
     def size(self) -> int:
@@ -413,7 +418,7 @@ class TritonBundle:
         return sorted({k.target for k in self.kernel_artifacts if k.target})
 
     def kernel_names(self) -> list[str]:
-        return [n for k in self.kernel_artifacts for n in k.kernel_names()]
+        return kernel_names_in([a.filename for k in self.kernel_artifacts for a in k.artifacts])
 
     @property
     def size(self) -> int:
@@ -1002,6 +1007,7 @@ class TritonBundler:
                 if p is not None:
                     prepared.append(p)
             bundle = _bundle_of(prepared)
+            cls._pending = {}  # all taken: end_compile need not cancel them
         finally:
             cls.end_compile()
         return bundle, TritonBundlerMetadata(bundle.kernel_names(), [])

@@ -63,7 +63,6 @@ from . import _twin, native
 from . import config as _env
 from ._twin import FileTable, KernelJob, Swap
 from .bundler import (
-    _BIN_EXT_NAMES,
     REPLACE_SENTINEL,
     KernelRow,
     MismatchPolicy,
@@ -72,6 +71,7 @@ from .bundler import (
     check_target,
     installed_triton_abi,
     installed_triton_version,
+    kernel_names_in,
     triton_cache_dir,
 )
 from .errors import BundleCompatibilityError
@@ -79,7 +79,6 @@ from .errors import BundleCompatibilityError
 log = logging.getLogger(__name__)
 
 TMP_PREFIX = "tmp."
-_BIN_SUFFIXES = tuple(sorted("." + e for e in _BIN_EXT_NAMES))
 # A writer thread is worth starting for this many kernels: a kernel directory
 # of a typical torch.compile cache (8 files, ~120 kB) takes ~150 us to write
 # on tmpfs, starting a thread ~20-30 us (measured on the CI VM and the 16-core
@@ -320,21 +319,14 @@ def _restored_kernel_names(kernels: list[KernelRow], names: Sequence[str], resto
     """:meth:`TritonKernelArtifacts.kernel_names` of the restored kernels, in
     order, from the table's file names (in kernel order)."""
     if len(restored) == len(kernels):
-        return _kernel_names_in(names)
+        return kernel_names_in(names)
     out: list[str] = []
     first = 0
     for k in kernels:
         if k.kernel_hash in restored:
-            out += _kernel_names_in(names[first:first + k.nfiles])
+            out += kernel_names_in(names[first:first + k.nfiles])
         first += k.nfiles
     return out
-
-
-def _kernel_names_in(names: Sequence[str]) -> list[str]:
-    # as kernel_names: a binary extension after the last dot, a stem that
-    # is not only dots
-    stems = [n.rpartition(".")[0] for n in names if n.endswith(_BIN_SUFFIXES)]
-    return [s for s in stems if s.strip(".")]
 
 
 def _sentinel_swap(root: str) -> Swap:
