@@ -34,8 +34,13 @@ Reading verifies everything before it returns: the container's checksums,
 the entry names, the header, the content digest (which covers the kernel
 table and every blob), the kernel table's schema, that every kernel hash and
 file name is a plain name (no path traversal), that no kernel or file
-appears twice, and that the file ranges tile each blob exactly. The byte
-layout is in docs/FORMAT.md, "Bundle file".
+appears twice, and that the file ranges tile each blob exactly (the
+common case of those table checks in one call of the C core,
+``csrc/bundle_table.c``; anything it does not call plain is checked item by
+item, which names the problem). The blobs are unpacked on the C worker pool
+meanwhile. The kernel and artifact objects are built on first use of
+``kernel_artifacts``: a load+restore needs none. The byte layout is in
+docs/FORMAT.md, "Bundle file".
 """
 
 from __future__ import annotations

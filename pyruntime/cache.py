@@ -43,8 +43,10 @@ kernel directories are written by the C core (``csrc/kernel_dirs.c``), one
 ``open``/``write``/``close`` per file, several kernels at once on the
 ``PYRUNTIME_IO_THREADS`` worker pool, from one flat file table (for a
 loaded bundle, the one :func:`pyruntime.bundle_format.decode` built over the
-unpacked blobs: no Python object per file); the ``[REPLACE]`` sentinel in
-``.json`` files is swapped for the kernel's directory as they are written.
+unpacked blobs: no Python object per file, and a kernel row instead of a
+kernel object, see :func:`pyruntime.bundle_format.kernel_rows`); the
+``[REPLACE]`` sentinel in ``.json`` files is swapped for the kernel's
+directory as they are written.
 """
 
 from __future__ import annotations

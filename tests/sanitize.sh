@@ -18,7 +18,8 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-$ROOT/.venv/bin/python}
-TESTS=(test_framing.py test_hashing.py test_packing.py test_fuzz_framing.py test_fuzz_packing.py test_format_doc.py test_kernel_dirs.py)
+TESTS=(test_framing.py test_hashing.py test_packing.py test_fuzz_framing.py test_fuzz_packing.py test_fuzz_table.py
+       test_format_doc.py test_kernel_dirs.py)
 start=$(date +%s)
 
 LIBASAN=$(gcc -print-file-name=libasan.so)
