@@ -28,7 +28,9 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <sched.h>
 #include <string.h>
+#include <time.h>
 
 #include "prt_core.h"
 
@@ -40,15 +42,61 @@ struct prt_pool {
     pthread_cond_t done;    /* a task finished */
     prt_task *head, *tail;
     int stop;
+    atomic_uint queued;     /* tasks in the queue, and stop: read unlocked by spinners */
+    uint64_t spin_ns;
     unsigned nthreads;
     pthread_t threads[PRT_MAX_THREADS];
 };
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#else
+    sched_yield();
+#endif
+}
+
+/* Poll *flag for up to spin_ns; returns whether it became non-zero. Waking
+ * a thread asleep on a futex costs 50-100 us on the virtual machines this
+ * runs on (the idle vCPU has to be woken too), more than a whole small
+ * bundle call: a thread that expects more work soon polls for a while
+ * first. It yields now and then, so a runnable thread that needs the CPU
+ * (the Python caller) gets it. */
+static int spin_until(atomic_uint *flag, uint64_t spin_ns)
+{
+    if (spin_ns == 0)
+        return atomic_load(flag) != 0;
+    uint64_t end = now_ns() + spin_ns;
+    for (unsigned i = 1;; i++) {
+        if (atomic_load(flag) != 0)
+            return 1;
+        cpu_relax();
+        if (i % 64 == 0) {
+            if (now_ns() >= end)
+                return atomic_load(flag) != 0;
+            sched_yield();
+        }
+    }
+}
 
 static void *worker(void *arg)
 {
     prt_pool *p = arg;
     pthread_mutex_lock(&p->lock);
     for (;;) {
+        if (p->head == NULL && !p->stop && p->spin_ns > 0) {
+            pthread_mutex_unlock(&p->lock);
+            (void)spin_until(&p->queued, p->spin_ns);
+            pthread_mutex_lock(&p->lock);
+        }
         while (p->head == NULL && !p->stop)
             pthread_cond_wait(&p->work, &p->lock);
         if (p->head == NULL)
@@ -57,6 +105,7 @@ static void *worker(void *arg)
         p->head = t->next;
         if (p->head == NULL)
             p->tail = NULL;
+        atomic_fetch_sub(&p->queued, 1);
         t->state = PRT_TASK_RUNNING;
         pthread_mutex_unlock(&p->lock);
         t->run(t);
@@ -68,7 +117,7 @@ static void *worker(void *arg)
     return NULL;
 }
 
-int prt_pool_new(unsigned nthreads, prt_pool **out, prt_err *err)
+int prt_pool_new(unsigned nthreads, uint64_t spin_ns, prt_pool **out, prt_err *err)
 {
     *out = NULL;
     if (nthreads == 0 || nthreads > PRT_MAX_THREADS)
@@ -85,6 +134,8 @@ int prt_pool_new(unsigned nthreads, prt_pool **out, prt_err *err)
         free(p);  /* a condition variable that did init holds no resource on Linux */
         return prt_fail(err, -ENOMEM, "cannot create a condition variable");
     }
+    atomic_init(&p->queued, 0);
+    p->spin_ns = spin_ns;
     for (unsigned t = 0; t < nthreads; t++) {
         if (pthread_create(&p->threads[p->nthreads], NULL, worker, p) != 0)
             break;  /* fewer workers; the callers work too */
@@ -100,6 +151,7 @@ void prt_pool_free(prt_pool *p)
         return;
     pthread_mutex_lock(&p->lock);
     p->stop = 1;
+    atomic_fetch_add(&p->queued, 1);  /* ends the spinners' polling */
     pthread_cond_broadcast(&p->work);
     pthread_mutex_unlock(&p->lock);
     for (unsigned t = 0; t < p->nthreads; t++)
@@ -125,6 +177,7 @@ void prt_pool_submit(prt_pool *p, prt_task *t)
     else
         p->head = t;
     p->tail = t;
+    atomic_fetch_add(&p->queued, 1);
     pthread_cond_signal(&p->work);
     pthread_mutex_unlock(&p->lock);
 }
@@ -143,6 +196,7 @@ int prt_pool_reclaim(prt_pool *p, prt_task *t)
         *link = t->next;
         if (p->tail == t)
             p->tail = prev;
+        atomic_fetch_sub(&p->queued, 1);
         t->state = PRT_TASK_DONE;
         pthread_mutex_unlock(&p->lock);
         return 1;
@@ -188,7 +242,10 @@ static void *run_items(void *arg)
 
 static void run_helper(prt_task *t)
 {
-    run_items(((par_helper *)t)->s);
+    par_state *s = ((par_helper *)t)->s;
+    atomic_fetch_add(&s->busy, 1);
+    run_items(s);
+    atomic_fetch_sub(&s->busy, 1);
 }
 
 int prt_par_begin(prt_par *p, prt_pool *pool, size_t n, unsigned nhelpers, prt_item_fn fn,
@@ -201,6 +258,7 @@ int prt_par_begin(prt_par *p, prt_pool *pool, size_t n, unsigned nhelpers, prt_i
     s->ctx = ctx;
     atomic_init(&s->next, 0);
     atomic_init(&s->stop, 0);
+    atomic_init(&s->busy, 0);
     if (pthread_mutex_init(&s->lock, NULL) != 0)
         return prt_fail(err, -ENOMEM, "cannot create a mutex");
     if (nhelpers > PRT_MAX_THREADS)
@@ -226,6 +284,14 @@ int prt_par_end(prt_par *p, prt_err *err)
 {
     par_state *s = &p->s;
     run_items(s);
+    if (p->pool != NULL && p->started > 0) {
+        /* the helpers still at work are about done: poll a while rather
+         * than sleep (see spin_until); the reclaims below then wait for
+         * nothing, or take back the helpers no worker took up */
+        uint64_t end = now_ns() + p->pool->spin_ns;
+        while (atomic_load(&s->busy) > 0 && now_ns() < end)
+            cpu_relax();
+    }
     for (unsigned t = 0; t < p->started; t++) {
         if (p->pool != NULL)
             (void)prt_pool_reclaim(p->pool, &p->helpers[t].task);

@@ -3,7 +3,7 @@
  * Every int-returning function follows one contract: 0 on success, or a
  * negative value that is either -errno or one of the PRT_E_* statuses. */
 
-#define PRT_ABI_VERSION 6
+#define PRT_ABI_VERSION 7
 #define PRT_FRAME_HEADER_SIZE 32
 #define PRT_PACK_HEADER_SIZE 32
 #define PRT_HEX128_LEN 33
@@ -28,9 +28,11 @@ typedef struct {
 } prt_err;
 
 /* parallel.c: worker threads kept between calls. Functions taking a pool
- * use its workers as helpers; NULL starts threads for the call. */
+ * use its workers as helpers; NULL starts threads for the call. An idle
+ * worker, and a caller waiting for helpers, poll for spin_ns before they
+ * sleep (0: sleep at once). */
 typedef struct prt_pool prt_pool;
-int prt_pool_new(unsigned nthreads, prt_pool **out, prt_err *err);
+int prt_pool_new(unsigned nthreads, uint64_t spin_ns, prt_pool **out, prt_err *err);
 void prt_pool_free(prt_pool *pool);
 unsigned prt_pool_size(const prt_pool *pool);
 

@@ -50,6 +50,7 @@ typedef struct {
     void *ctx;
     _Atomic size_t next;
     _Atomic int stop;
+    _Atomic unsigned busy;  /* helpers inside the loop */
     pthread_mutex_t lock;  /* guards the failure below */
     int fail_rc;
     size_t fail_i;

@@ -46,6 +46,18 @@ def max_frame_bytes() -> int:
     return _int("PYRUNTIME_MAX_FRAME", 2 << 30)
 
 
+def io_spin_us() -> int:
+    """PYRUNTIME_IO_SPIN_US: microseconds an idle C worker thread (and a
+    call waiting for its helpers) keeps polling for work before it sleeps
+    (default 1000; 0 sleeps at once). Waking a sleeping thread costs tens
+    of microseconds on a virtual machine, a load+restore makes several
+    calls in a row, and polling yields the CPU to whatever else needs it."""
+    n = _int("PYRUNTIME_IO_SPIN_US", 1000)
+    if not 0 <= n <= 1_000_000:
+        raise ValueError(f"environment variable PYRUNTIME_IO_SPIN_US={n} is not 0 to 1000000")
+    return n
+
+
 def bundle_level() -> int:
     """PYRUNTIME_BUNDLE_LEVEL: how kernel blobs are compressed into bundles,
     0 for LZ4's fast mode or 1 to 12 for its HC mode at that level (default

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 from . import _twin, config
 from .errors import BundleFormatError, ProtocolError
 
-ABI_VERSION = 6  # must equal PRT_ABI_VERSION in csrc/prt_core.cdef.h
+ABI_VERSION = 7  # must equal PRT_ABI_VERSION in csrc/prt_core.cdef.h
 
 
 class PythonBackend:
@@ -93,14 +93,15 @@ class CBackend:
         """The C worker threads the parallel calls use (PYRUNTIME_IO_THREADS
         of them, as set at first use), started on first use, and again in a
         forked child (which has none of its parent's threads). They live as
-        long as the process, idle on a condition variable between calls."""
+        long as the process; after a call they poll for more work for
+        PYRUNTIME_IO_SPIN_US, then sleep on a condition variable."""
         pid = os.getpid()
         if self._pool_pid != pid:
             with self._pool_lock:
                 if self._pool_pid != pid:
                     out = self.ffi.new("prt_pool **")
                     err = self.ffi.new("prt_err *")
-                    self.check(self.lib.prt_pool_new(config.io_threads(), out, err), err, OSError)
+                    self.check(self.lib.prt_pool_new(config.io_threads(), config.io_spin_us() * 1000, out, err), err, OSError)
                     self._pool, self._pool_pid = out[0], pid
         return self._pool
 

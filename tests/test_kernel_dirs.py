@@ -466,11 +466,43 @@ def test_a_pool_needs_one_to_64_threads():
     out = c.ffi.new("prt_pool **")
     err = c.ffi.new("prt_err *")
     for bad in (0, 65):
-        assert c.lib.prt_pool_new(bad, out, err) == -errno.EINVAL
+        assert c.lib.prt_pool_new(bad, 0, out, err) == -errno.EINVAL
         assert out[0] == c.ffi.NULL
-    assert c.lib.prt_pool_new(3, out, err) == 0
+    assert c.lib.prt_pool_new(3, 0, out, err) == 0
     assert c.lib.prt_pool_size(out[0]) == 3
     c.lib.prt_pool_free(out[0])
+
+
+@pytest.mark.timeout(60)
+def test_a_polling_pool_works_and_is_freed_without_waiting_out_its_polling():
+    """Workers that poll for 20 s after each call (PYRUNTIME_IO_SPIN_US
+    taken to an extreme) still run every call right, sleep again, and the
+    pool is freed at once."""
+    c = _c()
+    ffi, lib = c.ffi, c.lib
+    out = ffi.new("prt_pool **")
+    err = ffi.new("prt_err *")
+    assert lib.prt_pool_new(3, 20 * 10**9, out, err) == 0
+    pool = out[0]
+    data = [os.urandom(40_000) + COMPRESSIBLE for _ in range(6)]
+    blob = c.pack_stored([(b"e%d" % i, c.pack_entry(d)) for i, d in enumerate(data)])
+    for _ in range(3):  # the workers poll between these calls
+        u = c.unpack_begin(blob, *LIMITS)
+        rc = lib.prt_unpack_data_par(pool, u._src, len(u._src), u._entries, u._n, 0, u._n, u._block, u._total,
+                                     4, u._hexes, err)
+        assert rc == 0 and [bytes(v) for v in u.views] == data
+    t0 = time.monotonic()
+    lib.prt_pool_free(pool)
+    assert time.monotonic() - t0 < 5
+
+
+@pytest.mark.parametrize("bad", ["-1", "1000001", "soon"])
+def test_a_bad_io_spin_is_refused_by_name(monkeypatch, bad):
+    from pyruntime import config
+
+    monkeypatch.setenv("PYRUNTIME_IO_SPIN_US", bad)
+    with pytest.raises(ValueError, match="PYRUNTIME_IO_SPIN_US"):
+        config.io_spin_us()
 
 
 # --------------------------------------------------------------------------
