@@ -48,10 +48,13 @@ struct prt_pool {
     pthread_t threads[PRT_MAX_THREADS];
 };
 
+/* Monotonic nanoseconds, or 0 when the clock cannot be read: the pollers
+ * below then stop polling and sleep. */
 static uint64_t now_ns(void)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0)
+        return 0;
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
@@ -72,15 +75,17 @@ static void cpu_relax(void)
  * (the Python caller) gets it. */
 static int spin_until(atomic_uint *flag, uint64_t spin_ns)
 {
-    if (spin_ns == 0)
+    uint64_t start = spin_ns > 0 ? now_ns() : 0;
+    if (start == 0)
         return atomic_load(flag) != 0;
-    uint64_t end = now_ns() + spin_ns;
+    uint64_t end = start + spin_ns;
     for (unsigned i = 1;; i++) {
         if (atomic_load(flag) != 0)
             return 1;
         cpu_relax();
         if (i % 64 == 0) {
-            if (now_ns() >= end)
+            uint64_t t = now_ns();
+            if (t == 0 || t >= end)
                 return atomic_load(flag) != 0;
             sched_yield();
         }
@@ -288,9 +293,11 @@ int prt_par_end(prt_par *p, prt_err *err)
         /* the helpers still at work are about done: poll a while rather
          * than sleep (see spin_until); the reclaims below then wait for
          * nothing, or take back the helpers no worker took up */
-        uint64_t end = now_ns() + p->pool->spin_ns;
-        while (atomic_load(&s->busy) > 0 && now_ns() < end)
+        uint64_t t = now_ns(), end = t + p->pool->spin_ns;
+        while (t != 0 && t < end && atomic_load(&s->busy) > 0) {
             cpu_relax();
+            t = now_ns();
+        }
     }
     for (unsigned t = 0; t < p->started; t++) {
         if (p->pool != NULL)

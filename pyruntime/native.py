@@ -101,7 +101,8 @@ class CBackend:
                 if self._pool_pid != pid:
                     out = self.ffi.new("prt_pool **")
                     err = self.ffi.new("prt_err *")
-                    self.check(self.lib.prt_pool_new(config.io_threads(), config.io_spin_us() * 1000, out, err), err, OSError)
+                    rc = self.lib.prt_pool_new(config.io_threads(), config.io_spin_us() * 1000, out, err)
+                    self.check(rc, err, OSError)
                     self._pool, self._pool_pid = out[0], pid
         return self._pool
 
