@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import stat
 import struct
 from typing import Callable, NamedTuple, Sequence
@@ -73,26 +72,25 @@ KernelJob = tuple[str, str, int, int]
 Swap = tuple[bytes, bytes]
 
 
-# what csrc/bundle_table.c calls plain (its comment has the rules)
-_PLAIN_HASH_RE = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,127}")
-_PLAIN_NAME_RE = re.compile(r"[\x20-\x2e\x30-\x5b\x5d-\x7e]{1,255}")
-_ODD_NAMES = frozenset({".", "..", "lock"})
-
-
 def table_is_plain(hashes: Sequence[str], kernel_files: Sequence[int], names: Sequence[str],
                    numbers: Sequence[int], blob_lens: Sequence[int]) -> bool:
     """prt_table_is_plain: whether a kernel table passes every check of the
     bundle reader's common case (the reader checks item by item when not).
     ``numbers`` holds each file's blob index, then each one's offset, then
     each one's size; each must be an integer from 0 to 2**64 - 1."""
+    # the reader's own rules (csrc/bundle_table.c restates them in C); a
+    # late import: bundler imports this module
+    from .bundler import _HASH_RE, _PLAIN_ASCII_RE, _SKIP_FILES
+
     n = len(names)
     if not all(type(x) is str for x in [*hashes, *names]) or len(numbers) != 3 * n \
             or not all(type(x) is int and 0 <= x < 1 << 64 for x in numbers):
         return False
-    if not all(_PLAIN_HASH_RE.fullmatch(h) and not h.startswith("tmp.") for h in hashes) \
+    if not all(_HASH_RE.fullmatch(h) and not h.startswith("tmp.") for h in hashes) \
             or len(set(hashes)) != len(hashes):
         return False
-    if not all(map(_PLAIN_NAME_RE.fullmatch, names)) or not _ODD_NAMES.isdisjoint(names):
+    if not all(map(_PLAIN_ASCII_RE.fullmatch, names)) or not _SKIP_FILES.isdisjoint(names) \
+            or not {".", ".."}.isdisjoint(names):
         return False
     first = 0
     for count in kernel_files:
