@@ -32,11 +32,11 @@ PY="$VENV/bin/python"
 # Rebuild only when the build inputs changed since the last bootstrap.
 stamp="$VENV/.pyruntime-build-stamp"
 want="$(cat "$ROOT/pyproject.toml" "$ROOT/setup.py" "$ROOT"/csrc/* | sha256sum | cut -d' ' -f1)"
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$PY" -c "import pyruntime._native" 2>/dev/null; then
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$PY" -c "import pyruntime.core._c" 2>/dev/null; then
   echo "bootstrap: installing pyruntime and its dependencies into $VENV" >&2
   "$PY" -m pip install -q --upgrade pip setuptools wheel cffi 2>&1 | grep -v "^WARNING: Location" >&2 || true
   "$PY" -m pip install -q --no-build-isolation -e "$ROOT[test,plot]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
-  "$PY" -c "import pyruntime._native" || { echo "bootstrap: the C core did not build" >&2; exit 1; }
+  "$PY" -c "import pyruntime.core._c" || { echo "bootstrap: the C core did not build" >&2; exit 1; }
   echo "$want" > "$stamp"
 fi
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
-SOURCES = ["framing.c", "hashing.c", "packing.c", "kernel_dirs.c", "bundle_table.c", "parallel.c", "xxh_avx2.c"]
+SOURCES = ["core.c", "framing.c", "hashing.c", "packing.c", "kernel_dirs.c", "bundle_table.c", "parallel.c", "xxh_avx2.c"]
 DEPS = {
     # pkg-config name: (header, Debian package, Fedora package)
     "liblz4": ("lz4.h", "liblz4-dev", "lz4-devel"),
@@ -91,7 +91,7 @@ def _make_builder() -> FFI:
     ffi = FFI()
     ffi.cdef(_cdef_text())
     ffi.set_source(
-        "pyruntime._native",
+        "pyruntime.core._c",
         '#include "prt_core.h"\n',
         sources=[str(Path("csrc", s)) for s in SOURCES],
         include_dirs=[str(HERE)] + include_dirs,

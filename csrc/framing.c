@@ -8,31 +8,12 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <signal.h>
-#include <stdarg.h>
-#include <stdio.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
 #include "prt_core.h"
-
-int prt_abi_version(void)
-{
-    return PRT_ABI_VERSION;
-}
-
-int prt_fail(prt_err *err, int code, const char *fmt, ...)
-{
-    if (err != NULL) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
-        va_end(ap);
-        err->code = code;
-    }
-    return code;
-}
 
 /* writev until everything is out; a pipe may take only part of it. */
 static int write_all_iov(int fd, struct iovec *iov, int iovcnt)

@@ -16,8 +16,10 @@
 
 typedef struct prt_task prt_task;
 
+/* core.c: the error helper and the one-buffer XXH3 digests. */
 int prt_fail(prt_err *err, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+void prt_hex128(const uint8_t digest[16], char *out_hex);
 
 /* A unit of work for a pool worker; the owner keeps it alive until
  * prt_pool_reclaim returned. */

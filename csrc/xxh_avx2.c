@@ -1,7 +1,7 @@
 /* XXH3 compiled for AVX2, from the system's header-only xxhash.h (no
  * vendored source). Debian's libxxhash is built for baseline x86-64 and
  * runs XXH3 at about a third of the AVX2 speed; hashing.c calls the table
- * defined here only when the CPU reports AVX2 (prt_xxh in hashing.c).
+ * defined here only when the CPU reports AVX2 (prt_xxh in core.c).
  * The pragma must come before xxhash.h: GCC then defines __AVX2__,
  * so xxhash.h pulls in <immintrin.h> and inlines the AVX2 kernels. */
 #include "prt_xxh.h"

@@ -18,7 +18,7 @@ from typing import Any
 
 from . import _protocol as P
 from .framing import read_frame, write_frame
-from .native import backend
+from .core import backend
 
 
 def _remote_exception(pickler: Any, exc: BaseException, elapsed: float = 0.0) -> bytes:

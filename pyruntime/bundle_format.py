@@ -51,9 +51,9 @@ import os
 from typing import Any
 
 from . import config as _env
-from . import native, packing
+from . import core, packing
 from ._atomic import write_atomic
-from ._twin import FileTable, PackedEntry
+from .core.twin import FileTable, PackedEntry
 from ._version import __version__
 from .bundler import (
     Buffer,
@@ -133,7 +133,7 @@ def pack_kernel(kernel: TritonKernelArtifacts) -> tuple[list[int], PackedEntry]:
     blob = bytearray(size)
     for off, a in zip(offsets, arts):
         blob[off:off + len(a.payload)] = a.payload
-    return offsets, native.backend.pack_entry(blob, _env.bundle_level())
+    return offsets, core.backend.pack_entry(blob, _env.bundle_level())
 
 
 def is_checked(bundle: TritonBundle) -> bool:
@@ -252,13 +252,13 @@ def encode_parts(bundle: TritonBundle) -> list[Buffer]:
         # omitted when unknown, so such a file is byte for byte what older
         # pyruntime versions wrote and read
         header["triton_abi"] = bundle.triton_abi
-    pack_entry = native.backend.pack_entry
+    pack_entry = core.backend.pack_entry
     entries: list[tuple[bytes, PackedEntry]] = [
         (HEADER_NAME.encode(), pack_entry(_json_bytes(header))),
         (KERNELS_NAME.encode(), pack_entry(kernels_json)),
     ]
     entries += [(f"{BLOB_PREFIX}{i}".encode(), b) for i, b in enumerate(blobs)]
-    return [native.backend.pack_stored(entries, head_only=True), *(e.stored for _, e in entries)]
+    return [core.backend.pack_stored(entries, head_only=True), *(e.stored for _, e in entries)]
 
 
 def encode(bundle: TritonBundle) -> bytes:
@@ -401,7 +401,7 @@ def _columns_if_plain(kernels: list[Any], blob_lens: list[int]) -> Columns | Non
             names, blob_of, offs, sizes = map(list, zip(*files))
         else:
             names, blob_of, offs, sizes = [], [], [], []
-        if not native.backend.table_is_plain([k["hash"] for k in kernels], [len(k["files"]) for k in kernels],
+        if not core.backend.table_is_plain([k["hash"] for k in kernels], [len(k["files"]) for k in kernels],
                                              names, blob_of + offs + sizes, blob_lens):
             return None
     except BundleFormatError:
@@ -468,7 +468,7 @@ def decode(data: Buffer) -> TritonBundle:
     """Verify ``data`` completely, then build the :class:`TritonBundle`.
     Payloads are read-only views into the unpacked blobs (no copies)."""
     try:
-        u = native.backend.unpack_begin(data, packing.DEFAULT_MAX_ENTRY, packing.DEFAULT_MAX_TOTAL)
+        u = core.backend.unpack_begin(data, packing.DEFAULT_MAX_ENTRY, packing.DEFAULT_MAX_TOTAL)
         names = _entry_names(u.names)
         head = min(2, len(names))
         u.run(0, head, 1)

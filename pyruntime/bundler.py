@@ -50,8 +50,8 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Literal, NamedTuple, Union
 
 from . import config as _env
-from . import native as _native
-from ._twin import FileChanged, FileTable, PackedEntry
+from . import core as _native
+from .core.twin import FileChanged, FileTable, PackedEntry
 from ._version import __version__
 from .errors import BundleFormatError
 

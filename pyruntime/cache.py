@@ -61,9 +61,9 @@ import time
 import warnings
 from typing import Callable, Sequence
 
-from . import _twin, native
+from . import core
 from . import config as _env
-from ._twin import FileTable, KernelJob, Swap
+from .core.twin import FileTable, KernelJob, Swap
 from .bundler import (
     REPLACE_SENTINEL,
     KernelRow,
@@ -415,7 +415,7 @@ def restore(
     # 3. write: each kernel into its tmp directory, renamed into place (on
     # PYRUNTIME_IO_THREADS threads in C; the test hook needs the twin)
     hook = _after_file_hook
-    backend = _twin if hook is not None else native.backend
+    backend = core.twin if hook is not None else core.backend
     table = _file_table(bundle, checked) if jobs else None
     for root, todo_here in jobs.items():
         threads = max(1, min(_env.io_threads(), len(todo_here) // KERNELS_PER_THREAD))

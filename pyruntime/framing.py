@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from . import config, native
-from ._twin import FRAME_HEADER
+from . import config, core
+from .core.twin import FRAME_HEADER
 
 HEADER_SIZE = FRAME_HEADER.size
 
@@ -39,7 +39,7 @@ def write_frame(fd: int, kind: int, job_id: int, payload: Buffer = b"") -> None:
         raise ValueError(f"frame kind {kind} is outside 0..65535")
     if not 0 <= job_id < 1 << 64:
         raise ValueError(f"job id {job_id} is outside 0..2**64-1")
-    native.backend.write_frame(fd, kind, job_id, payload)
+    core.backend.write_frame(fd, kind, job_id, payload)
 
 
 def read_frame(fd: int, max_len: int | None = None) -> Frame:
@@ -50,5 +50,5 @@ def read_frame(fd: int, max_len: int | None = None) -> Frame:
     or version, checksum mismatch, or a length over ``max_len`` (default
     PYRUNTIME_MAX_FRAME, 2 GiB); the bogus length is never allocated."""
     limit = config.max_frame_bytes() if max_len is None else max_len
-    kind, job_id, payload = native.backend.read_frame(fd, limit)
+    kind, job_id, payload = core.backend.read_frame(fd, limit)
     return Frame(kind, job_id, payload)

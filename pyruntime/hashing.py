@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import os
 
-from . import native
+from . import core
 
 
 def hash_bytes(data: bytes | bytearray | memoryview) -> str:
     """XXH3-128 of ``data``."""
-    return native.backend.hash_bytes(data)
+    return core.backend.hash_bytes(data)
 
 
 def hash_file(path: str | os.PathLike[str]) -> str:
     """XXH3-128 of a file's contents."""
-    return native.backend.hash_file(path)
+    return core.backend.hash_file(path)
 
 
 def hash_dir(path: str | os.PathLike[str]) -> str:
     """Stable XXH3-128 digest of a directory tree (see the module docstring)."""
-    return native.backend.hash_dir(path)
+    return core.backend.hash_dir(path)

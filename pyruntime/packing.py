@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from . import native
+from . import core
 from .errors import BundleFormatError
 
 DEFAULT_MAX_ENTRY = 1 << 30  # 1 GiB per entry
@@ -31,7 +31,7 @@ def pack(entries: Iterable[tuple[str, Buffer]]) -> bytes:
         except UnicodeEncodeError:
             raise BundleFormatError(f"entry {i}: name is not valid UTF-8") from None
         encoded.append((raw_name, data))
-    return native.backend.pack(encoded)
+    return core.backend.pack(encoded)
 
 
 def unpack(
@@ -39,7 +39,7 @@ def unpack(
 ) -> list[tuple[str, bytes]]:
     """Verify and unpack a container made by :func:`pack`."""
     out = []
-    for i, (raw_name, content) in enumerate(native.backend.unpack(data, max_entry, max_total)):
+    for i, (raw_name, content) in enumerate(core.backend.unpack(data, max_entry, max_total)):
         try:
             out.append((raw_name.decode("utf-8"), content))
         except UnicodeDecodeError:

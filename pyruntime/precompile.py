@@ -65,7 +65,8 @@ from typing import Any, Callable, Iterable, Mapping, TextIO
 
 from . import config
 from .compile_tasks import set_triton_ptxas_path, warm_triton, worker_compile_triton
-from .kernels import KernelSpec, compile_inputs, resolve_target
+from .kernels import KernelSpec, resolve_target
+from .specialize import compile_inputs
 
 __all__ = [
     "PrecompileResult",

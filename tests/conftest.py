@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from pyruntime import native
+from pyruntime import core as native
 
 try:
     from hypothesis import HealthCheck, settings

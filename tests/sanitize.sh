@@ -35,7 +35,7 @@ SRC="$WORK/src"
 mkdir -p "$SRC/tests" "$SRC/docs"
 cp -r "$ROOT/csrc" "$SRC/csrc"
 # the package without any compiled module or bytecode of the normal build
-tar -C "$ROOT" --exclude='*.so' --exclude='__pycache__' --exclude='_native.c' -cf - pyruntime | tar -C "$SRC" -xf -
+tar -C "$ROOT" --exclude='*.so' --exclude='__pycache__' --exclude='_c.c' -cf - pyruntime | tar -C "$SRC" -xf -
 cp "$ROOT/pyproject.toml" "$SRC/"
 cp "$ROOT/docs/FORMAT.md" "$SRC/docs/"
 cp "$ROOT/tests/conftest.py" "$ROOT/tests/_limits.py" "$ROOT/tests/_trees.py" "$SRC/tests/"
@@ -62,7 +62,7 @@ echo "== building the sanitized C module in $SRC"
     cat "$WORK/build.log" >&2
     exit 1
 }
-SO=$(ls "$SRC"/pyruntime/_native*.so)
+SO=$(ls "$SRC"/pyruntime/core/_c*.so)
 if ! nm -D "$SO" | grep __asan_ >/dev/null; then  # no -q: nm must not die of SIGPIPE under pipefail
     echo "sanitize.sh: $SO has no ASan instrumentation" >&2
     exit 1
@@ -100,7 +100,7 @@ def test_the_c_backend_is_the_sanitized_copy():
     src = os.path.dirname(os.path.dirname(want))
     assert pyruntime.__file__.startswith(src + os.sep), pyruntime.__file__
     assert native.BACKEND == "c" and native.backends()[0].name == "c"
-    import pyruntime._native as mod
+    import pyruntime.core._c as mod
 
     assert os.path.realpath(mod.__file__) == os.path.realpath(want)
     with open("/proc/self/maps") as f:
@@ -123,13 +123,13 @@ if [ ! -e "$LIBTSAN" ] || [ "$LIBTSAN" = libtsan.so ]; then
 fi
 echo "== building the ThreadSanitizer C module"
 # no object file of the ASan build may be reused
-rm -f "$SRC"/pyruntime/_native*.so
+rm -f "$SRC"/pyruntime/core/_c*.so
 find "$SRC" -name '*.o' -delete
 (cd "$SRC" && PYRUNTIME_SANITIZE=thread "$PY" csrc/build_ffi.py >"$WORK/build-tsan.log" 2>&1) || {
     cat "$WORK/build-tsan.log" >&2
     exit 1
 }
-SO=$(ls "$SRC"/pyruntime/_native*.so)
+SO=$(ls "$SRC"/pyruntime/core/_c*.so)
 if ! nm -D "$SO" | grep __tsan_ >/dev/null || nm -D "$SO" | grep __asan_ >/dev/null; then
     echo "sanitize.sh: $SO is not a TSan-only build" >&2
     exit 1
@@ -137,7 +137,7 @@ fi
 export LD_PRELOAD=$(readlink -f "$LIBTSAN") PYRUNTIME_SANITIZED_MODULE="$SO"
 export TSAN_OPTIONS=halt_on_error=1:exitcode=66
 (cd "$SRC" && "$PY" -c '
-import os, pyruntime._native as m
+import os, pyruntime.core._c as m
 assert os.path.realpath(m.__file__) == os.path.realpath(os.environ["PYRUNTIME_SANITIZED_MODULE"])
 assert "libtsan" in open("/proc/self/maps").read()')
 echo "== positive control: two threads unpacking into the same bytes must be reported"

@@ -17,7 +17,8 @@ import pytest
 import bundle_kernels
 from _trees import tree as _files
 import pyruntime
-from pyruntime import bundle_format, native
+from pyruntime import bundle_format
+from pyruntime import core as native
 from pyruntime.bundler import (
     REPLACE_SENTINEL,
     TritonBundle,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import xxhash
 
-from pyruntime import native
+from pyruntime import core as native
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "FORMAT.md"
 BACKENDS = native.backends()

@@ -21,7 +21,8 @@ import xxhash
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pyruntime import _twin, framing, native
+from pyruntime import core as native, framing
+from pyruntime.core import twin as _twin
 from pyruntime.errors import ProtocolError
 
 from _limits import run_limited
@@ -210,7 +211,7 @@ def test_payload_may_be_any_contiguous_buffer(backend, pipe):
 # ---------------------------------------------------------------- another process
 WRITER_SCRIPT = r"""
 import os, sys
-from pyruntime import framing, native
+from pyruntime import core as native, framing
 fd, n, size = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 assert native.BACKEND == sys.argv[4], native.BACKEND
 for i in range(n):
@@ -391,7 +392,7 @@ def _write_all(fd: int, data: bytes) -> None:
 
 FORGED_CHILD = r"""
 import os, struct
-from pyruntime import framing, native
+from pyruntime import core as native, framing
 from pyruntime.errors import ProtocolError
 limit_address_space(256 << 20)
 cases = [

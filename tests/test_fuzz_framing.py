@@ -16,7 +16,7 @@ import xxhash
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from pyruntime import native
+from pyruntime import core as native
 from pyruntime.errors import ProtocolError
 
 BACKENDS = native.backends()

@@ -15,7 +15,7 @@ import xxhash
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from pyruntime import native
+from pyruntime import core as native
 from pyruntime.errors import BundleFormatError
 
 BACKENDS = native.backends()

@@ -11,7 +11,8 @@ from __future__ import annotations
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from pyruntime import bundle_format, native
+from pyruntime import bundle_format
+from pyruntime import core as native
 from pyruntime.errors import BundleFormatError
 
 BACKENDS = native.backends()

@@ -24,7 +24,7 @@ import xxhash
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pyruntime import hashing, native
+from pyruntime import core as native, hashing
 
 BACKENDS = native.backends()
 PY = next(b for b in BACKENDS if b.name == "python")

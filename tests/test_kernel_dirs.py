@@ -25,8 +25,9 @@ import pytest
 
 from _trees import litter as _litter, tree as _tree
 
-from pyruntime import cache, hashing, native
-from pyruntime._twin import FileChanged, FileTable, PackedEntry, table_of
+from pyruntime import cache, hashing
+from pyruntime import core as native
+from pyruntime.core.twin import FileChanged, FileTable, PackedEntry, table_of
 from pyruntime.bundler import TritonBundle, TritonKernelArtifact, TritonKernelArtifacts, load_bundle
 from pyruntime.errors import BundleFormatError
 
@@ -737,8 +738,8 @@ def test_a_table_past_the_blob_names_the_file(tmp_path):
 
 _EFBIG_CHILD = textwrap.dedent("""
     import os, resource, signal, sys
-    from pyruntime import native
-    from pyruntime._twin import table_of
+    from pyruntime import core as native
+    from pyruntime.core.twin import table_of
     root = sys.argv[1]
     def files(k, big=False):
         out = [(f"f{i}", bytes([k, i]) * 500) for i in range(4)]
@@ -793,7 +794,7 @@ def test_a_write_failure_mid_kernel_leaves_no_partial_directory(which, tmp_path)
 
 _RESTORER = textwrap.dedent("""
     import sys
-    from pyruntime import native
+    from pyruntime import core as native
     from pyruntime.bundler import load_bundle
     assert native.BACKEND == "c", native.BACKEND
     b = load_bundle(sys.argv[1])

@@ -14,12 +14,12 @@ from pyruntime.kernels import (
     Target,
     TargetError,
     canonical_type,
-    compile_inputs,
     load_kernel_list,
     parse_kernel_list,
     parse_target,
     resolve_target,
 )
+from pyruntime.specialize import compile_inputs
 
 SIG = {"x_ptr": "*fp32", "n": "i32"}
 
@@ -192,7 +192,7 @@ def test_compile_inputs_follow_the_jit_conventions(sources) -> None:
     # the JIT's attribute entries: pointers and ints (not the float alpha), divisibility
     # where asked, plus empty entries for constexprs where this Triton's JIT adds them
     # (tests/test_jit_keys.py checks the resulting cache keys against the real JIT)
-    from pyruntime.kernels import _jit_constexpr_attr_rule
+    from pyruntime.specialize import jit_constexpr_attr_rule as _jit_constexpr_attr_rule
 
     want = {(0,): [["tt.divisibility", 16]], (1,): [], (2,): [], (4,): [["tt.divisibility", 16]]}
     if _jit_constexpr_attr_rule() == "all":

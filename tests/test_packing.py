@@ -19,7 +19,7 @@ import xxhash
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pyruntime import native, packing
+from pyruntime import core as native, packing
 from pyruntime.errors import BundleFormatError
 
 from _limits import run_limited
@@ -350,7 +350,7 @@ def test_every_single_byte_flip_is_refused_or_harmless(backend):
 # ---------------------------------------------------------------- decompression bombs
 BOMB_CHILD = r"""
 import struct, xxhash
-from pyruntime import native, packing
+from pyruntime import core as native, packing
 from pyruntime.errors import BundleFormatError
 HDR, REC = struct.Struct("<4sHHIIQQ"), struct.Struct("<HBBQQQ")
 def craft(recs, count=None):

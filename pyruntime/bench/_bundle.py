@@ -99,7 +99,7 @@ def _file_writing_floor(loaded: Any, work: str) -> dict[str, float]:
     threads, and with one thread as a serial writer such as torch's
     read_and_emit does it. Both implementations pay this file-system cost;
     it bounds how much faster any restore can be here."""
-    from .. import config, native
+    from .. import config, core
     from ..cache import _file_table, _sentinel_swap
 
     out = {}
@@ -113,7 +113,7 @@ def _file_writing_floor(loaded: Any, work: str) -> dict[str, float]:
         root = os.path.join(work, key)
         os.mkdir(root)
         t0 = time.perf_counter()
-        native.backend.write_kernels(root, table, jobs, threads, False, _sentinel_swap(root))
+        core.backend.write_kernels(root, table, jobs, threads, False, _sentinel_swap(root))
         out[key] = time.perf_counter() - t0
     return out
 

@@ -79,14 +79,14 @@ class Settings:
 def use_backend(be: Any) -> Iterator[None]:
     """Point the public API (framing, hashing, packing) at one backend for
     a measurement, so both backends are timed through the same wrappers."""
-    from .. import native
+    from .. import core
 
-    saved = native.backend
-    native.backend = be
+    saved = core.backend
+    core.backend = be
     try:
         yield
     finally:
-        native.backend = saved
+        core.backend = saved
 
 
 def usable_cpus() -> int:
@@ -374,7 +374,7 @@ def cpu_model() -> str:
 
 def machine_info() -> dict[str, Any]:
     """What the figures were measured on (no torch/triton import needed)."""
-    from .. import __version__, native
+    from .. import __version__, core
 
     mem = None
     try:
@@ -402,8 +402,8 @@ def machine_info() -> dict[str, Any]:
             "cffi": _version("cffi"),
             "matplotlib": _version("matplotlib"),
         },
-        "backend": native.BACKEND,
-        "backends_available": [b.name for b in native.backends()],
+        "backend": core.BACKEND,
+        "backends_available": [b.name for b in core.backends()],
         "loadavg_start": list(os.getloadavg()),
     }
 

@@ -67,10 +67,10 @@ class _Writer:
 
 
 def run(settings: C.Settings) -> dict[str, Any]:
-    from .. import native
+    from .. import core
 
     prog = C.progress_of(settings)
-    backends = {b.name: b for b in native.backends()}
+    backends = {b.name: b for b in core.backends()}
     impls = ["c", "twin"]
     backends["twin"] = backends.pop("python")
     writers: dict[str, _Writer] = {}

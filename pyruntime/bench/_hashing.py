@@ -20,12 +20,12 @@ def _per_call(fn: Callable[[], Any], round_time: float) -> float:
 
 
 def run(settings: C.Settings) -> dict[str, Any]:
-    from .. import native
+    from .. import core
 
     prog = C.progress_of(settings)
     info = _corpus.ensure(settings.corpus_kernels, settings.corpus_dir, prog)
     cache = info["cache"]
-    bes = {("twin" if b.name == "python" else b.name): b for b in native.backends()}
+    bes = {("twin" if b.name == "python" else b.name): b for b in core.backends()}
     impls = ["c", "twin"]
     metrics = []
 

@@ -20,7 +20,7 @@ from ._common import use_backend
 
 
 def run(settings: C.Settings) -> dict[str, Any]:
-    from .. import native, packing
+    from .. import core, packing
 
     prog = C.progress_of(settings)
     info = _corpus.ensure(settings.corpus_kernels, settings.corpus_dir, prog)
@@ -28,7 +28,7 @@ def run(settings: C.Settings) -> dict[str, Any]:
     entries = _corpus.entries(info, limit)
     raw = sum(len(d) for _, d in entries)
     nkern = limit or info["count"]
-    bes = {("twin" if b.name == "python" else b.name): b for b in native.backends()}
+    bes = {("twin" if b.name == "python" else b.name): b for b in core.backends()}
 
     packers: dict[str, tuple[Callable[[], Any], Callable[[Any], Any], Callable[[Any], int]]] = {}
     for name, be in bes.items():

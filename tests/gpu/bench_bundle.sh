@@ -8,6 +8,6 @@ OUT="${OUT:-/tmp/gpu-out}"; mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 cd /tmp  # not the repository root: import the installed wheel, not the source tree
-python3 -c 'import pyruntime, pyruntime.native as n; print(pyruntime.__file__, n.BACKEND)'
+python3 -c 'import pyruntime, pyruntime.core as n; print(pyruntime.__file__, n.BACKEND)'
 timeout 540 python3 -m pyruntime.bench --suite bundle --no-progress \
     --json "$OUT/bundle.json" --markdown "$OUT/bundle.md" 2>&1 | tail -70

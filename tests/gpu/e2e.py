@@ -252,7 +252,8 @@ def run(bundle_path: str) -> dict[str, Any]:
 
     cache = tempfile.mkdtemp(prefix="triton-cache-")
     os.environ["TRITON_CACHE_DIR"] = cache  # before anything imports triton
-    from pyruntime import TritonBundle, hash_dir, native
+    from pyruntime import TritonBundle, hash_dir
+    from pyruntime import core as native
 
     t0 = time.perf_counter()
     bundle = TritonBundle.load(bundle_path)

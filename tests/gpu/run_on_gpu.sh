@@ -9,7 +9,7 @@ OUT="${OUT:-/tmp/gpu-out}"; mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; nproc; uname -r;
-  python3 -c 'import sys, torch, triton, pyruntime, pyruntime.native as n; print(sys.version.split()[0], torch.__version__, triton.__version__, pyruntime.__version__, n.BACKEND, pyruntime.__file__)'; } \
+  python3 -c 'import sys, torch, triton, pyruntime, pyruntime.core as n; print(sys.version.split()[0], torch.__version__, triton.__version__, pyruntime.__version__, n.BACKEND, pyruntime.__file__)'; } \
   2>&1 | tee "$OUT/env.txt"
 cp .gpu/build.json "$OUT/build.json"
 echo "== e2e run (restore, launch, compare, no-JIT proof)"

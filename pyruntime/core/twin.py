@@ -16,7 +16,7 @@ from typing import Callable, NamedTuple, Sequence
 import lz4.block
 import xxhash
 
-from .errors import BundleFormatError, ProtocolError
+from ..errors import BundleFormatError, ProtocolError
 
 FRAME_MAGIC = b"PRTF"
 FRAME_VERSION = 1
@@ -70,41 +70,6 @@ KernelJob = tuple[str, str, int, int]
 #: (sentinel, prefix): in ``*.json`` files each sentinel becomes prefix +
 #: the kernel's final name
 Swap = tuple[bytes, bytes]
-
-
-def table_is_plain(hashes: Sequence[str], kernel_files: Sequence[int], names: Sequence[str],
-                   numbers: Sequence[int], blob_lens: Sequence[int]) -> bool:
-    """prt_table_is_plain: whether a kernel table passes every check of the
-    bundle reader's common case (the reader checks item by item when not).
-    ``numbers`` holds each file's blob index, then each one's offset, then
-    each one's size; each must be an integer from 0 to 2**64 - 1."""
-    # the reader's own rules (csrc/bundle_table.c restates them in C); a
-    # late import: bundler imports this module
-    from .bundler import _HASH_RE, _PLAIN_ASCII_RE, _SKIP_FILES
-
-    n = len(names)
-    if not all(type(x) is str for x in [*hashes, *names]) or len(numbers) != 3 * n \
-            or not all(type(x) is int and 0 <= x < 1 << 64 for x in numbers):
-        return False
-    if not all(_HASH_RE.fullmatch(h) and not h.startswith("tmp.") for h in hashes) \
-            or len(set(hashes)) != len(hashes):
-        return False
-    if not all(map(_PLAIN_ASCII_RE.fullmatch, names)) or not _SKIP_FILES.isdisjoint(names) \
-            or not {".", ".."}.isdisjoint(names):
-        return False
-    first = 0
-    for count in kernel_files:
-        if first + count > n or len(set(names[first:first + count])) != count:
-            return False
-        first += count
-    if first != n:
-        return False
-    pos = [0] * len(blob_lens)
-    for blob, off, size in sorted(zip(numbers[:n], numbers[n:2 * n], numbers[2 * n:])):
-        if blob >= len(blob_lens) or off != pos[blob] or size > blob_lens[blob] - off:
-            return False
-        pos[blob] = off + size
-    return pos == list(blob_lens)
 
 
 def check_table_lengths(table: FileTable) -> None:
@@ -640,3 +605,31 @@ def write_kernels(root: str, table: FileTable, jobs: Sequence[KernelJob], nthrea
     if not os.path.isdir(root):
         os.open(root, os.O_RDONLY | os.O_DIRECTORY)  # raises the errno C reports
     return [_write_kernel(root, table, job, do_fsync, swap, after_file) for job in jobs]
+
+
+class PythonBackend:
+    """This module as a backend object, beside :class:`pyruntime.core.c.CBackend`."""
+
+    name = "python"
+    write_frame = staticmethod(write_frame)
+    read_frame = staticmethod(read_frame)
+    hash_bytes = staticmethod(hash_bytes)
+    hash_file = staticmethod(hash_file)
+    hash_dir = staticmethod(hash_dir)
+    pack = staticmethod(pack)
+    unpack = staticmethod(unpack)
+    pack_entry = staticmethod(pack_entry)
+    pack_stored = staticmethod(pack_stored)
+    unpack_begin = staticmethod(unpack_begin)
+    unpack_views = staticmethod(unpack_views)
+    read_files = staticmethod(read_files)
+    write_kernels = staticmethod(write_kernels)
+
+    @staticmethod
+    def set_pdeathsig(sig: int) -> None:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(1, sig, 0, 0, 0) != 0:  # 1 == PR_SET_PDEATHSIG
+            e = ctypes.get_errno()
+            raise OSError(e, os.strerror(e))

@@ -1,12 +1,7 @@
-"""Picks the backend for the hot paths: the cffi C module or its twin.
-
-``BACKEND`` is ``"c"`` when the compiled module ``pyruntime._native`` loads
-and matches this package's ABI stamp, ``"python"`` when it is absent or
-``PYRUNTIME_PURE_PYTHON=1`` is set. A stale build (ABI mismatch) is an
-ImportError rather than a silent fallback, since it means a broken install.
-
-Both backends expose the same functions with the same bytes in and out;
-:func:`backends` returns every one that can load, for the test suite.
+"""The C backend: the cffi module built from ``csrc/`` (``pyruntime.core._c``)
+behind the same functions as :mod:`pyruntime.core.twin`, and the one
+return-code helper (:meth:`CBackend.check`) that turns the C side's
+``0``/negative status into an exception with a message.
 """
 
 from __future__ import annotations
@@ -18,39 +13,11 @@ import threading
 from array import array
 from typing import Any, Sequence
 
-from . import _twin, config
-from .errors import BundleFormatError, ProtocolError
+from .. import config
+from . import twin
+from ..errors import BundleFormatError, ProtocolError
 
 ABI_VERSION = 7  # must equal PRT_ABI_VERSION in csrc/prt_core.cdef.h
-
-
-class PythonBackend:
-    """The pure-Python twin."""
-
-    name = "python"
-    write_frame = staticmethod(_twin.write_frame)
-    read_frame = staticmethod(_twin.read_frame)
-    hash_bytes = staticmethod(_twin.hash_bytes)
-    hash_file = staticmethod(_twin.hash_file)
-    hash_dir = staticmethod(_twin.hash_dir)
-    pack = staticmethod(_twin.pack)
-    unpack = staticmethod(_twin.unpack)
-    pack_entry = staticmethod(_twin.pack_entry)
-    pack_stored = staticmethod(_twin.pack_stored)
-    unpack_begin = staticmethod(_twin.unpack_begin)
-    unpack_views = staticmethod(_twin.unpack_views)
-    read_files = staticmethod(_twin.read_files)
-    write_kernels = staticmethod(_twin.write_kernels)
-    table_is_plain = staticmethod(_twin.table_is_plain)
-
-    @staticmethod
-    def set_pdeathsig(sig: int) -> None:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(1, sig, 0, 0, 0) != 0:  # 1 == PR_SET_PDEATHSIG
-            e = ctypes.get_errno()
-            raise OSError(e, os.strerror(e))
 
 
 class CBackend:
@@ -67,11 +34,11 @@ class CBackend:
         got = self.lib.prt_abi_version()
         if got != ABI_VERSION:
             raise ImportError(
-                f"pyruntime._native has ABI version {got}, the Python package expects "
+                f"pyruntime.core._c has ABI version {got}, the Python package expects "
                 f"{ABI_VERSION}: rebuild it with `pip install .` (stale build)"
             )
         if self.ffi.sizeof("prt_entry") != _ENTRY.size:
-            raise ImportError(f"pyruntime._native lays prt_entry out in {self.ffi.sizeof('prt_entry')} bytes, "
+            raise ImportError(f"pyruntime.core._c lays prt_entry out in {self.ffi.sizeof('prt_entry')} bytes, "
                               f"the Python package reads {_ENTRY.size}: rebuild it with `pip install .`")
         self._pool: Any = None
         self._pool_pid = -1
@@ -142,14 +109,14 @@ class CBackend:
             if rc == self.lib.PRT_E_TOO_LARGE:
                 raise ProtocolError(f"frame payload of {hdr.length} bytes is over the {max_len}-byte limit")
             self.check(rc)
-        if hdr.length <= _twin.EAGER_PAYLOAD:
+        if hdr.length <= twin.EAGER_PAYLOAD:
             payload = bytearray(hdr.length)
             rc = self.lib.prt_read_payload(fd, self.ffi.from_buffer(payload), hdr.length, hdr.checksum)
             self.check(rc)
             return hdr.kind, hdr.job_id, payload
         # A large declared length may be forged: grow the buffer as bytes
         # arrive (os.readv releases the GIL) instead of trusting it up front.
-        payload = _twin.read_payload(fd, hdr.length)
+        payload = twin.read_payload(fd, hdr.length)
         if self.lib.prt_xxh3_64(self.ffi.from_buffer(payload), hdr.length) != hdr.checksum:
             self.check(self.lib.PRT_E_CHECKSUM)
         return hdr.kind, hdr.job_id, payload
@@ -231,8 +198,8 @@ class CBackend:
 
 
     # -- entries packed ahead of their container ------------------------------
-    def pack_entry(self, data: Any, level: int = 0) -> _twin.PackedEntry:
-        _twin.check_level(level)
+    def pack_entry(self, data: Any, level: int = 0) -> twin.PackedEntry:
+        twin.check_level(level)
         ffi, lib = self.ffi, self.lib
         src = ffi.from_buffer(data)
         err = ffi.new("prt_err *")
@@ -246,10 +213,10 @@ class CBackend:
         rc = lib.prt_pack_entry(src, len(src), level, dst, bound[0], method, stored, checksum, hex128, err)
         self.check(rc, err, BundleFormatError)
         # copied out of the bound-sized scratch block, which is not kept
-        return _twin.PackedEntry(method[0], len(src), checksum[0], ffi.buffer(dst, stored[0])[:],
+        return twin.PackedEntry(method[0], len(src), checksum[0], ffi.buffer(dst, stored[0])[:],
                                  ffi.string(hex128).decode())
 
-    def pack_stored(self, items: Sequence[tuple[bytes, _twin.PackedEntry]], *, head_only: bool = False) -> Any:
+    def pack_stored(self, items: Sequence[tuple[bytes, twin.PackedEntry]], *, head_only: bool = False) -> Any:
         ffi, lib = self.ffi, self.lib
         n = len(items)
         if head_only:
@@ -273,7 +240,7 @@ class CBackend:
         self.check(rc, err, BundleFormatError)
         return view
 
-    def _pack_head(self, items: Sequence[tuple[bytes, _twin.PackedEntry]]) -> bytes:
+    def _pack_head(self, items: Sequence[tuple[bytes, twin.PackedEntry]]) -> bytes:
         ffi, lib = self.ffi, self.lib
         n = len(items)
         keep = [ffi.from_buffer(name) for name, _ in items]
@@ -283,7 +250,7 @@ class CBackend:
         methods = ffi.new("uint8_t[]", [e.method for _, e in items]) if n else ffi.NULL
         raw_sizes = ffi.new("uint64_t[]", [e.raw_size for _, e in items]) if n else ffi.NULL
         checksums = ffi.new("uint64_t[]", [e.checksum for _, e in items]) if n else ffi.NULL
-        cap = lib.PRT_PACK_HEADER_SIZE + sum(_twin.INDEX_REC.size + len(k) for k in keep)
+        cap = lib.PRT_PACK_HEADER_SIZE + sum(twin.INDEX_REC.size + len(k) for k in keep)
         out = ffi.new("uint8_t[]", cap)
         out_len = ffi.new("size_t *")
         err = ffi.new("prt_err *")
@@ -312,7 +279,7 @@ class CBackend:
 
     def table_is_plain(self, hashes: Sequence[str], kernel_files: Sequence[int], names: Sequence[str],
                        numbers: Sequence[int], blob_lens: Sequence[int]) -> bool:
-        """prt_table_is_plain (see :func:`pyruntime._twin.table_is_plain`);
+        """prt_table_is_plain (see :func:`pyruntime.bundle.rules.table_is_plain`);
         a hash or name that is not a string or does not encode, or a number
         that is not an integer of 64 bits, is not plain either."""
         ffi = self.ffi
@@ -344,16 +311,16 @@ class CBackend:
                                 ffi.new("uint64_t[]", sizes) if n else ffi.NULL,
                                 ffi.from_buffer(out), len(out), err)
         if rc == lib.PRT_E_CHANGED:
-            raise _twin.FileChanged(ffi.string(err.msg).decode("utf-8", "replace"))
+            raise twin.FileChanged(ffi.string(err.msg).decode("utf-8", "replace"))
         self.check(rc, err, OSError)
 
-    def write_kernels(self, root: str, table: _twin.FileTable, jobs: Sequence[_twin.KernelJob], nthreads: int,
-                      do_fsync: bool, swap: _twin.Swap | None = None,
+    def write_kernels(self, root: str, table: twin.FileTable, jobs: Sequence[twin.KernelJob], nthreads: int,
+                      do_fsync: bool, swap: twin.Swap | None = None,
                       after_file: Any = None) -> list[tuple[int, int]]:
         if after_file is not None:
             raise ValueError("the C backend has no per-file hook")
         ffi, lib = self.ffi, self.lib
-        _twin.check_table_lengths(table)
+        twin.check_table_lengths(table)
         n, nblobs = len(table.names), len(table.blobs)
         blobs = [ffi.from_buffer(b) for b in table.blobs]
         names = ("\0".join(table.names) + "\0").encode() if n else b""
@@ -493,31 +460,3 @@ def _mapped_block(ffi: Any, size: int) -> tuple[Any, memoryview]:
             pass  # no transparent huge pages here: 4 KiB pages it is
     view = memoryview(m)[start:start + size]
     return ffi.from_buffer(view), view.toreadonly()
-
-
-def _load_c() -> CBackend | None:
-    try:
-        from . import _native  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return CBackend(_native)
-
-
-def backends() -> list[Any]:
-    """Every backend that loads here: the C one first when it is built."""
-    found: list[Any] = []
-    c = _load_c()
-    if c is not None:
-        found.append(c)
-    found.append(PythonBackend())
-    return found
-
-
-def _select() -> Any:
-    if config.pure_python():
-        return PythonBackend()
-    return _load_c() or PythonBackend()
-
-
-backend: Any = _select()
-BACKEND: str = backend.name
