@@ -27,7 +27,7 @@ import os
 import sys
 from typing import Any
 
-from .cli import UserError
+from .errors import UserError
 from .errors import BundleFormatError
 
 
@@ -108,13 +108,13 @@ def _existing_dir(path: str) -> str:
 
 
 def _read_bundle_bytes(path: str) -> bytes:
-    from .bundle_format import read_file
+    from .bundle.format import read_file
 
     return read_file(_existing_file(path))
 
 
 def _load(path: str) -> Any:
-    from .bundle_format import decode
+    from .bundle.format import decode
 
     data = _read_bundle_bytes(path)
     try:
@@ -139,7 +139,8 @@ def _table(rows: list[list[str]], right: set[int]) -> str:
 
 
 def _create(args: argparse.Namespace) -> int:
-    from .bundler import check_kernel_hash, collect_dir
+    from .bundle.collect import collect_dir
+    from .bundle.rules import check_kernel_hash
 
     _existing_dir(args.cache_dir)
     if args.kernel:
@@ -167,7 +168,7 @@ def _create(args: argparse.Namespace) -> int:
 
 
 def _restore(args: argparse.Namespace) -> int:
-    from .bundler import triton_cache_dir
+    from .bundle.compat import triton_cache_dir
     from .errors import BundleCompatibilityError
 
     bundle, _ = _load(args.file)
@@ -197,8 +198,8 @@ def _restore(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from .bundle_format import describe
-    from .bundler import installed_triton_abi
+    from .bundle.format import describe
+    from .bundle.compat import installed_triton_abi
 
     data = _read_bundle_bytes(args.file)
     try:
@@ -234,7 +235,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from .bundle_format import decode
+    from .bundle.format import decode
 
     data = _read_bundle_bytes(args.file)
     try:
@@ -255,7 +256,7 @@ def _hash(args: argparse.Namespace) -> int:
 
 
 def _clean(args: argparse.Namespace) -> int:
-    from .cache import DEFAULT_MAX_AGE_S, clean
+    from .bundle.restore import DEFAULT_MAX_AGE_S, clean
 
     _existing_dir(args.dir)
     if args.max_age is not None and args.max_age < 0:

@@ -28,6 +28,7 @@ import time
 from typing import Any, Sequence
 
 from ._atomic import write_atomic
+from .errors import UserError
 
 __all__ = ["register", "run", "format_summary"]
 
@@ -58,8 +59,6 @@ def register(subparsers: Any) -> None:
 
 
 def _user_error(msg: str) -> Exception:
-    from .cli import UserError
-
     return UserError(msg)
 
 
@@ -159,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{s.label}  {s.target}  {s.fn or f'{s.source}:{s.function}'}")
         print(f"precompile: {len(specs)} kernels would be built into {cache_dir} ({workers} workers)")
         return 0
-    from .bundler import collect_dir
+    from .bundle import collect_dir
 
     collect = collect_dir if args.bundle else None
     if not specs:

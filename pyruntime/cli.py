@@ -12,17 +12,13 @@ import importlib
 import sys
 from typing import Sequence
 
-from .errors import PyRuntimeError
+from .errors import PyRuntimeError, UserError
 
 # module providing register(subparsers) for each command group
 COMMAND_MODULES = (
     "pyruntime._cli_precompile",  # precompile
     "pyruntime._cli_bundle",  # bundle ..., cache ...
 )
-
-
-class UserError(PyRuntimeError):
-    """A problem with the user's input; printed without a traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -44,3 +44,8 @@ class WorkerMemoryError(WorkerDiedError, MemoryError):
 
 class JobTimeoutError(PyRuntimeError, TimeoutError):
     """A job ran past its timeout; its worker was killed and replaced."""
+
+
+class UserError(PyRuntimeError):
+    """A problem with the user's input to the command line; printed as one
+    line without a traceback."""

@@ -334,7 +334,7 @@ class _BundlerHook:
     """Report built kernels to :class:`pyruntime.bundler.TritonBundler` while it records."""
 
     def __init__(self, cache_dir: str) -> None:
-        from .bundler import TritonBundler
+        from .bundle import TritonBundler
 
         self.bundler = TritonBundler if TritonBundler.is_enabled() else None
         self.cache_dir = cache_dir  # the bundler reads kernels from where they were built

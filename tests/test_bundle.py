@@ -17,23 +17,13 @@ import pytest
 import bundle_kernels
 from _trees import tree as _files
 import pyruntime
-from pyruntime import bundle_format
+from pyruntime.bundle import format as bundle_format, collect as bundler
 from pyruntime import core as native
-from pyruntime.bundler import (
-    REPLACE_SENTINEL,
-    TritonBundle,
-    TritonBundleEntry,
-    TritonBundler,
-    TritonBundlerMetadata,
-    TritonKernelArtifact,
-    TritonKernelArtifacts,
-    abi_from_ext_suffix,
-    collect_dir,
-    installed_triton_abi,
-    installed_triton_version,
-    load_bundle,
-    triton_cache_dir,
-)
+from pyruntime.bundle.rules import REPLACE_SENTINEL
+from pyruntime.bundle.model import TritonBundle, TritonBundleEntry, TritonBundlerMetadata, TritonKernelArtifact, TritonKernelArtifacts
+from pyruntime.bundle.collect import TritonBundler, collect_dir
+from pyruntime.bundle.compat import abi_from_ext_suffix, installed_triton_abi, installed_triton_version, triton_cache_dir
+from pyruntime.bundle.format import load_bundle
 from pyruntime.errors import BundleFormatError
 
 KERNEL_NAMES = sorted(fn.__name__ for fn, _, _ in bundle_kernels.SAMPLES)
@@ -48,7 +38,7 @@ def kernel_cache(tmp_path_factory):
 def bundler_state(monkeypatch):
     """A clean TritonBundler around each life-cycle test."""
     monkeypatch.delenv("PYRUNTIME_BUNDLE", raising=False)
-    monkeypatch.setattr(TritonBundler, "config", pyruntime.bundler.BundlerConfig())
+    monkeypatch.setattr(TritonBundler, "config", bundler.BundlerConfig())
     TritonBundler.end_compile()
     yield TritonBundler
     TritonBundler.end_compile()
@@ -62,7 +52,7 @@ def test_public_names_are_lazy_exports():
     for name in ("TritonBundler", "TritonBundle", "TritonBundleEntry", "TritonKernelArtifact",
                  "TritonKernelArtifacts", "TritonBundlerMetadata", "collect_dir", "load_bundle"):
         assert name in pyruntime.__all__
-        assert getattr(pyruntime, name) is getattr(pyruntime.bundler, name)
+        assert getattr(pyruntime, name) is getattr(pyruntime.bundle, name)
 
 
 def test_import_pyruntime_bundler_does_not_import_triton_or_torch():
@@ -70,7 +60,7 @@ def test_import_pyruntime_bundler_does_not_import_triton_or_torch():
     import sys
 
     code = ("import sys, pyruntime; pyruntime.TritonBundler; pyruntime.load_bundle; "
-            "import pyruntime.cache, pyruntime.bundle_format, pyruntime._cli_bundle; "
+            "import pyruntime.bundle, pyruntime._cli_bundle; "
             "print('triton' in sys.modules, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
@@ -219,9 +209,9 @@ def test_a_file_changing_during_collect_is_read_again(kernel_cache, tmp_path, mo
         data = ptx.read_bytes()
         ptx.write_bytes(data + b"// appended" if change == "grow" else data[:100])
 
-    monkeypatch.setattr(pyruntime.bundler, "_between_passes_hook", edit)
+    monkeypatch.setattr(bundler, "_between_passes_hook", edit)
     bundle = collect_dir(root)
-    monkeypatch.setattr(pyruntime.bundler, "_between_passes_hook", None)
+    monkeypatch.setattr(bundler, "_between_passes_hook", None)
     k = next(k for k in bundle.kernel_artifacts if k.kernel_hash == hashes[2])
     assert next(a.payload for a in k.artifacts if a.filename == ptx.name) == ptx.read_bytes()
     assert bundle == collect_dir(root)
@@ -638,8 +628,7 @@ def test_the_triton_version_is_found_as_importlib_metadata_finds_it(layout, tmp_
     whatever the layout, it gives what importlib.metadata.version gives."""
     from importlib import metadata
 
-    from pyruntime import bundler
-
+    from pyruntime.bundle import compat as b_compat
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()
     b.mkdir()
@@ -668,24 +657,24 @@ def test_the_triton_version_is_found_as_importlib_metadata_finds_it(layout, tmp_
     elif layout == "upper case":
         _dist(b, "Triton-3.4.0.dist-info", "3.4.0")
     monkeypatch.setattr(sys, "path", path)
-    bundler.installed_triton_version.cache_clear()
+    b_compat.installed_triton_version.cache_clear()
     try:
         try:
             want = metadata.version("triton")
         except metadata.PackageNotFoundError:
-            want = bundler._metadata_version()
-        assert bundler.installed_triton_version() == want
+            want = b_compat._metadata_version()
+        assert b_compat.installed_triton_version() == want
         if layout in ("plain", "shadowed", "pytorch-triton", "nothing", "upper case"):
-            assert bundler._dist_info_version("triton") is not bundler._UNSURE
+            assert b_compat._dist_info_version("triton") is not b_compat._UNSURE
     finally:
-        bundler.installed_triton_version.cache_clear()
+        b_compat.installed_triton_version.cache_clear()
 
 
 @pytest.mark.timeout(60)
 def test_a_first_restore_in_a_fresh_process_imports_no_importlib_metadata(tmp_path, good_bytes):
     """The launcher case: load and restore once, right after import."""
     (tmp_path / "b.prtb").write_bytes(good_bytes)
-    code = ("import sys\nfrom pyruntime.bundler import TritonBundle\n"
+    code = ("import sys\nfrom pyruntime.bundle import TritonBundle\n"
             f"r = TritonBundle.load({str(tmp_path / 'b.prtb')!r}).restore({str(tmp_path / 'cache')!r})\n"
             "assert r.restored, r\nprint('importlib.metadata' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=50)
@@ -943,7 +932,7 @@ def test_collect_in_a_forked_child_reads_every_kernel(bundler_state, cache_copy,
             entered.set()
             release.wait(30)
 
-    monkeypatch.setattr(pyruntime.bundler, "_between_passes_hook", hold)
+    monkeypatch.setattr(bundler, "_between_passes_hook", hold)
     try:
         _put_all(tb, root, hashes)
         assert entered.wait(30)  # at least one kernel is mid-read on a parent thread

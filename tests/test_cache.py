@@ -19,8 +19,11 @@ from _trees import litter as _litter, tree as _tree
 
 import bundle_kernels
 import pyruntime
-from pyruntime import bundler, cache
-from pyruntime.bundler import TritonBundle, collect_dir, installed_triton_abi, load_bundle
+from pyruntime.bundle import model as b_model, restore as cache, collect as bundler
+from pyruntime.bundle.model import TritonBundle
+from pyruntime.bundle.collect import collect_dir
+from pyruntime.bundle.compat import installed_triton_abi
+from pyruntime.bundle.format import load_bundle
 from pyruntime.errors import BundleCompatibilityError
 from pyruntime.hashing import hash_dir
 
@@ -66,7 +69,7 @@ TRICKY_NAMES = ["k.cubin", "k.json", "a.b.cubin", ".cubin", "...hsaco", "x.cubin
 
 
 def test_restored_kernel_names_match_kernel_names_whatever_is_restored(tmp_path):
-    kernels = [bundler.TritonKernelArtifacts(f"K{i}", 0, [bundler.TritonKernelArtifact(n, b"x") for n in names])
+    kernels = [b_model.TritonKernelArtifacts(f"K{i}", 0, [b_model.TritonKernelArtifact(n, b"x") for n in names])
                for i, names in enumerate([TRICKY_NAMES[:5], TRICKY_NAMES[5:11], TRICKY_NAMES[11:], []])]
     b = TritonBundle(kernels)
     result = b.restore(str(tmp_path / "all"))
@@ -350,7 +353,7 @@ def test_version_and_abi_mismatches_are_both_reported(foreign_file, bundle, tmp_
 
 _RESTORER = textwrap.dedent("""
     import json, os, sys, time
-    from pyruntime.bundler import load_bundle
+    from pyruntime.bundle.format import load_bundle
     bundle_file, root, go = sys.argv[1:4]
     b = load_bundle(bundle_file)
     print("ready", flush=True)
@@ -397,8 +400,8 @@ def test_many_processes_restore_the_same_bundle_at_once(bundle, bundle_file, tmp
 
 _KILLED = textwrap.dedent("""
     import os, sys, time
-    from pyruntime import cache
-    from pyruntime.bundler import load_bundle
+    from pyruntime.bundle import rules as b_rules, model as b_model, compat as b_compat, format as bundle_format, restore as cache, collect as bundler
+    from pyruntime.bundle.format import load_bundle
     bundle_file, root = sys.argv[1:3]
     b = load_bundle(bundle_file)
     second = b.kernel_artifacts[1].kernel_hash

@@ -111,7 +111,7 @@ def test_success_then_already_cached_and_bundle(workdir: Path) -> None:
 
     args = ["good.toml", "--workers", "2", "--cache-dir", "cache", "--pool", "process"]
     try:
-        from pyruntime.bundler import collect_dir  # noqa: F401
+        from pyruntime.bundle.collect import collect_dir  # noqa: F401
         args += ["--bundle", "out/kernels.bundle"]
         bundling = True
     except ImportError:
@@ -121,7 +121,7 @@ def test_success_then_already_cached_and_bundle(workdir: Path) -> None:
     rows = _table(again.stdout)
     assert rows["compiled"] == "0" and rows["already cached"] == "3" and rows["failed"] == "0"
     if bundling:
-        from pyruntime.bundler import TritonBundle
+        from pyruntime.bundle.model import TritonBundle
 
         assert re.search(r"bundle: out/kernels.bundle \(3 kernels, [\d.]+ KiB\)", again.stdout)
         bundle = TritonBundle.load(workdir / "out" / "kernels.bundle")

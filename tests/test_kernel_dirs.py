@@ -25,10 +25,13 @@ import pytest
 
 from _trees import litter as _litter, tree as _tree
 
-from pyruntime import cache, hashing
+from pyruntime import hashing
+from pyruntime.bundle import restore as cache
 from pyruntime import core as native
+from pyruntime.core import c as native_c
 from pyruntime.core.twin import FileChanged, FileTable, PackedEntry, table_of
-from pyruntime.bundler import TritonBundle, TritonKernelArtifact, TritonKernelArtifacts, load_bundle
+from pyruntime.bundle.model import TritonBundle, TritonKernelArtifact, TritonKernelArtifacts
+from pyruntime.bundle.format import load_bundle
 from pyruntime.errors import BundleFormatError
 
 BACKENDS = native.backends()
@@ -227,13 +230,13 @@ def test_unpack_views_matches_unpack(backend, nthreads):
     assert again[0] == names and [bytes(v) for v in again[1]] == [d for _, d in entries]
 
 
-@pytest.mark.parametrize("huge_from", [native.HUGE_OUTPUT, 1])
+@pytest.mark.parametrize("huge_from", [native_c.HUGE_OUTPUT, 1])
 def test_large_outputs_go_to_their_own_mapping_and_read_the_same(monkeypatch, huge_from):
     """Unpacked data and packed containers of HUGE_OUTPUT bytes or more live
     in a private anonymous mapping (huge pages asked for) instead of the
     heap: same bytes, read-only views that keep the mapping alive."""
     c = _c()
-    monkeypatch.setattr(native, "HUGE_OUTPUT", huge_from)
+    monkeypatch.setattr(native_c, "HUGE_OUTPUT", huge_from)
     big = (b"%08d some compressible kernel text\n" % 7) * ((9 << 20) // 40)
     entries = [(b"big", big), (b"small", b"x" * 100), (b"empty", b"")]
     blob = c.pack_stored([(n, c.pack_entry(d)) for n, d in entries])
@@ -251,10 +254,10 @@ def test_large_outputs_start_on_a_huge_page_boundary():
     import mmap
 
     c = _c()
-    block, view = native._mapped_block(c.ffi, 3 << 20)
-    assert int(c.ffi.cast("uintptr_t", block)) % native.HUGE_PAGE == 0
+    block, view = native_c._mapped_block(c.ffi, 3 << 20)
+    assert int(c.ffi.cast("uintptr_t", block)) % native_c.HUGE_PAGE == 0
     assert len(view) == 3 << 20 and view.readonly and isinstance(view.obj, mmap.mmap)
-    _, small = native._output_block(c.ffi, c._scratch, 3 << 20)
+    _, small = native_c._output_block(c.ffi, c._scratch, 3 << 20)
     assert not isinstance(small.obj, mmap.mmap)
 
 
@@ -795,7 +798,7 @@ def test_a_write_failure_mid_kernel_leaves_no_partial_directory(which, tmp_path)
 _RESTORER = textwrap.dedent("""
     import sys
     from pyruntime import core as native
-    from pyruntime.bundler import load_bundle
+    from pyruntime.bundle.format import load_bundle
     assert native.BACKEND == "c", native.BACKEND
     b = load_bundle(sys.argv[1])
     b.restore(sys.argv[2], fsync=True)

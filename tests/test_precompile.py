@@ -103,7 +103,7 @@ def test_knobs_reach_the_workers(first_run, process_pool) -> None:
 
 
 def test_results_are_recorded_by_the_bundler(first_run, process_pool, monkeypatch) -> None:
-    bundler = pytest.importorskip("pyruntime.bundler")
+    bundler = pytest.importorskip("pyruntime.bundle.collect")
     TB = bundler.TritonBundler
     specs, cache, results = first_run
     monkeypatch.setenv("PYRUNTIME_BUNDLE", "1")

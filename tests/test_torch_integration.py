@@ -5,15 +5,13 @@ child. Triton kernels are really compiled (for sm_90, no GPU needed)."""
 
 from __future__ import annotations
 
-import functools
 import os
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
-from pyruntime.bundler import installed_triton_abi
+from pyruntime.bundle.compat import installed_triton_abi
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
@@ -25,7 +23,7 @@ from torch._inductor.compile_worker.subproc_pool import SubprocException as Torc
 
 import pyruntime.torch as pt  # noqa: E402
 import torch_jobs as TJ  # noqa: E402
-from pyruntime.bundler import TritonBundle  # noqa: E402
+from pyruntime.bundle.model import TritonBundle  # noqa: E402
 from pyruntime.outofproc import cache_generation, child_state, run_out_of_process  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)

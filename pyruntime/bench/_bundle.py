@@ -44,7 +44,7 @@ from . import _corpus
 from ._torch_peers import torch_bundler_round_trip
 
 IMPLS = ("pyruntime", "torch")
-MODULES = ("pyruntime.bundler", "pyruntime.cache", "pyruntime.bundle_format")
+MODULES = ("pyruntime.bundle",)
 
 
 def _count_kernels(d: str) -> int:
@@ -54,7 +54,7 @@ def _count_kernels(d: str) -> int:
 def _ours(cache: str, hashes: list[str], path: str, dest: str) -> dict[str, float]:
     from concurrent.futures import wait
 
-    from ..bundler import TritonBundle, TritonBundler
+    from ..bundle import TritonBundle, TritonBundler
 
     TritonBundler.config.enabled = True
     # 1. all the work on the clock: put, then collect at once (it waits for
@@ -100,7 +100,7 @@ def _file_writing_floor(loaded: Any, work: str) -> dict[str, float]:
     read_and_emit does it. Both implementations pay this file-system cost;
     it bounds how much faster any restore can be here."""
     from .. import config, core
-    from ..cache import _file_table, _sentinel_swap
+    from ..bundle.restore import _file_table, _sentinel_swap
 
     out = {}
     table = _file_table(loaded)
@@ -126,8 +126,7 @@ def measure(impl: str, cache: str, sets: dict[str, dict[str, Any]], rounds: int,
         import torch._inductor.triton_bundler  # noqa: F401  (import outside the clock)
         fn = torch_bundler_round_trip
     else:
-        import pyruntime.bundler  # noqa: F401
-        import pyruntime.cache  # noqa: F401
+        import pyruntime.bundle  # noqa: F401
         fn = _ours
     def once(hashes: list[str], scratch: str) -> dict[str, float]:
         work = tempfile.mkdtemp(prefix=f"{impl}-", dir=scratch)
@@ -164,7 +163,7 @@ def prepare_first(cache: str, hashes: list[str], out_dir: str, impls: list[str])
     torch's pickled bundle of the same kernels (runs in a child)."""
     paths = {}
     if "pyruntime" in impls:
-        from ..bundler import collect_dir
+        from ..bundle import collect_dir
 
         paths["pyruntime"] = os.path.join(out_dir, "bundle.prtb")
         collect_dir(cache, hashes).save(paths["pyruntime"])
@@ -204,8 +203,7 @@ def first_restore(impl: str, path: str, dest: str, kernels: int) -> float:
         TorchBundler.read_and_emit(loaded)
         elapsed = time.perf_counter() - t0
     else:
-        from .. import bundle_format, cache  # noqa: F401  (imported before the clock)
-        from ..bundler import TritonBundle
+        from ..bundle import TritonBundle  # (imported before the clock)
 
         t0 = time.perf_counter()
         TritonBundle.load(path).restore(dest)

@@ -28,17 +28,10 @@ from typing import Any, Iterable
 
 from torch._inductor import triton_bundler as _tb
 
-from ..bundler import (
-    REPLACE_SENTINEL,
-    GPU_KERNEL_BIN_EXTS,
-    TritonBundle,
-    TritonKernelArtifact,
-    TritonKernelArtifacts,
-    collect_dir,
-    installed_triton_abi,
-    installed_triton_version,
-    parse_kernel_metadata,
-)
+from ..bundle import RestoreResult, TritonBundle, TritonKernelArtifact, TritonKernelArtifacts, collect_dir
+from ..bundle.collect import parse_kernel_metadata
+from ..bundle.compat import installed_triton_abi, installed_triton_version
+from ..bundle.rules import GPU_KERNEL_BIN_EXTS, REPLACE_SENTINEL
 
 __all__ = [
     "from_inductor_bundle",
@@ -227,14 +220,12 @@ def restore_triton_bundle(bundle: TritonBundle | str | os.PathLike[str],
     """Write a bundle (or bundle file) into the Triton cache Inductor will
     use (default: :func:`inductor_triton_cache_dir` of each kernel's
     device), before the next torch.compile. ``restore_kwargs`` go to
-    :func:`pyruntime.cache.restore` (``on_mismatch``, ``target``, ``fsync``).
-    Returns its :class:`~pyruntime.cache.RestoreResult`."""
+    :func:`pyruntime.bundle.restore.restore` (``on_mismatch``, ``target``, ``fsync``).
+    Returns its :class:`~pyruntime.bundle.RestoreResult`."""
     if not isinstance(bundle, TritonBundle):
         bundle = TritonBundle.load(bundle)
     if cache_dir is not None:
         return bundle.restore(cache_dir, **restore_kwargs)
-    from ..cache import RestoreResult
-
     total: RestoreResult | None = None
     by_dir: dict[str, list[TritonKernelArtifacts]] = {}
     for k in bundle.kernel_artifacts:

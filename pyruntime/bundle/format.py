@@ -8,7 +8,7 @@ XXH3 checksums, plain entry names) holding, in this order,
   content digest, the blob sizes and, optionally, ``triton_abi``: the ABI
   tag of the Python that collected the kernels (``"cpython-312-x86_64-linux-gnu"``);
   Triton's cache keys depend on the exact Triton wheel, which differs per
-  Python version, so :func:`pyruntime.cache.restore` checks it. It is
+  Python version, so :func:`pyruntime.bundle.restore.restore` checks it. It is
   written only when known and a header without it reads as "unknown", so
   files written before it existed still read (format version stays 1);
 * ``kernels.json``: the kernel table; each kernel's hash, device, target and
@@ -22,7 +22,7 @@ each other (the ``.ttir``, ``.ttgir``, ``.llir`` and ``.ptx`` of one kernel
 share names and constants), so one block per kernel compresses better and
 packs and unpacks faster (one block, one checksum per kernel). One blob per
 kernel (rather than one for the whole bundle) lets a kernel be packed as
-soon as it is compiled (:meth:`pyruntime.bundler.TritonBundler.put`), so
+soon as it is compiled (:meth:`pyruntime.bundle.collect.TritonBundler.put`), so
 a collect at the end of a compile only assembles blocks, and lets blobs be
 unpacked on several threads. Within a blob, files are laid out by extension
 (``.json``, ``.source``, ``.ttir``, ``.ttgir``, ``.llir``, ``.ptx``, binaries,
@@ -46,28 +46,25 @@ docs/FORMAT.md, "Bundle file".
 from __future__ import annotations
 
 import json
-import operator
 import os
 from typing import Any
 
-from . import config as _env
-from . import core, packing
-from ._atomic import write_atomic
-from .core.twin import FileTable, PackedEntry
-from ._version import __version__
-from .bundler import (
+from .. import config as _env
+from .. import core, packing
+from .._atomic import write_atomic
+from .._version import __version__
+from ..core.twin import FileTable, PackedEntry
+from ..errors import BundleFormatError
+from ..hashing import hash_bytes
+from .model import (
     Buffer,
     KernelRow,
     TritonBundle,
     TritonKernelArtifacts,
-    check_file_name,
-    check_kernel_hash,
-    check_target,
-    check_abi,
-    check_version,
+    check_bundle,
+    is_checked,
 )
-from .errors import BundleFormatError
-from .hashing import hash_bytes
+from .rules import check_abi, check_file_name, check_kernel_hash, check_target, check_version, table_is_plain
 
 FORMAT_NAME = "pyruntime-triton-bundle"
 FORMAT_VERSION = 1
@@ -136,23 +133,6 @@ def pack_kernel(kernel: TritonKernelArtifacts) -> tuple[list[int], PackedEntry]:
     return offsets, core.backend.pack_entry(blob, _env.bundle_level())
 
 
-def is_checked(bundle: TritonBundle) -> bool:
-    """Whether ``bundle`` still holds the very kernel and artifact objects a
-    collect or a decode checked (both are frozen, only the lists could have
-    changed), or a decode's kernels whose objects were never built; then
-    :func:`check_bundle` would find nothing new."""
-    if bundle.__dict__["_kernels"] is None and bundle._rows is not None:
-        return True
-    pre = bundle._checked
-    if pre is None:
-        return False
-    kernels = bundle.kernel_artifacts
-    if len(kernels) != len(pre[0]) or not all(map(operator.is_, kernels, pre[0])):
-        return False
-    flat = [a for k in kernels for a in k.artifacts]
-    return len(flat) == len(pre[1]) and all(map(operator.is_, flat, pre[1]))
-
-
 def _untouched_collect(bundle: TritonBundle) -> tuple[list[list[int]], list[PackedEntry], list[bytes]] | None:
     """The file offsets, packed blob and table record of each kernel of a
     bundle fresh from a collect (its kernels were packed as they were read),
@@ -160,47 +140,6 @@ def _untouched_collect(bundle: TritonBundle) -> tuple[list[list[int]], list[Pack
     if bundle._packed is None or not is_checked(bundle):
         return None
     return bundle._packed
-
-
-def decoded_table(bundle: TritonBundle, checked: bool | None = None) -> FileTable | None:
-    """The flat file table :func:`decode` built, pointing into the unpacked
-    blobs, while the bundle is unchanged (``checked``: what
-    :func:`is_checked` gave, when the caller knows); else ``None``."""
-    if bundle._table is None or not (is_checked(bundle) if checked is None else checked):
-        return None
-    return bundle._table
-
-
-def kernel_rows(bundle: TritonBundle) -> list[KernelRow]:
-    """The bundle's kernels as rows, in order: a decode's own while their
-    objects were never built, else made from the objects."""
-    if bundle.__dict__["_kernels"] is None and bundle._rows is not None:
-        return bundle._rows
-    return [KernelRow(k.kernel_hash, k.device, k.target, k.triton_version, len(k.artifacts))
-            for k in bundle.kernel_artifacts]
-
-
-def check_bundle(bundle: TritonBundle) -> None:
-    """Validate names and fields of an in-memory bundle (what :func:`decode`
-    checks on a file): raises :class:`BundleFormatError`."""
-    seen: set[str] = set()
-    for k in bundle.kernel_artifacts:
-        check_kernel_hash(k.kernel_hash)
-        if k.kernel_hash in seen:
-            raise BundleFormatError(f"kernel {k.kernel_hash} appears twice")
-        seen.add(k.kernel_hash)
-        if not isinstance(k.device, int) or isinstance(k.device, bool) or k.device < 0:
-            raise BundleFormatError(f"kernel {k.kernel_hash}: device {k.device!r} is not a non-negative integer")
-        check_target(k.target)
-        check_version(k.triton_version, f"kernel {k.kernel_hash}: triton_version")
-        names: set[str] = set()
-        for a in k.artifacts:
-            check_file_name(a.filename, k.kernel_hash)
-            names.add(a.filename)
-        if len(names) != len(k.artifacts):
-            raise BundleFormatError(f"kernel {k.kernel_hash}: a file name appears twice")
-    check_version(bundle.triton_version, "triton_version")
-    check_abi(bundle.triton_abi)
 
 
 def _json_bytes(obj: Any) -> bytes:
@@ -401,7 +340,7 @@ def _columns_if_plain(kernels: list[Any], blob_lens: list[int]) -> Columns | Non
             names, blob_of, offs, sizes = map(list, zip(*files))
         else:
             names, blob_of, offs, sizes = [], [], [], []
-        if not core.backend.table_is_plain([k["hash"] for k in kernels], [len(k["files"]) for k in kernels],
+        if not table_is_plain([k["hash"] for k in kernels], [len(k["files"]) for k in kernels],
                                              names, blob_of + offs + sizes, blob_lens):
             return None
     except BundleFormatError:
@@ -513,7 +452,7 @@ def _build(u: Any, names: list[str]) -> tuple[TritonBundle, memoryview]:
     if header["targets"] != targets:
         raise _fail(f"header targets {header['targets']} differ from the kernels' targets {targets}")
 
-    # the kernel and artifact objects are built on first use (bundler.KernelRow)
+    # the kernel and artifact objects are built on first use (model.KernelRow)
     bundle = TritonBundle(None, header["triton_version"], header["pyruntime_version"],  # type: ignore[arg-type]
                           header["content_digest"], triton_abi=header.get("triton_abi"))
     object.__setattr__(bundle, "_rows", [KernelRow(k["hash"], k["device"], k["target"], k["triton_version"],
@@ -566,3 +505,8 @@ def describe(data: Buffer) -> dict[str, Any]:
             for k in bundle.kernel_artifacts
         ],
     }
+
+
+def load_bundle(path: str | os.PathLike[str]) -> TritonBundle:
+    """Read and verify a bundle file (:meth:`TritonBundle.load`)."""
+    return load(path)

@@ -10,31 +10,19 @@ The life cycle follows Inductor's bundler:
   returns the bundle plus the kernel names, then ends the recording;
 * :meth:`TritonBundler.end_compile` drops an uncollected recording;
 * :meth:`TritonBundler.read_and_emit` writes a bundle back into the cache
-  (see :mod:`pyruntime.cache` for the atomic restore).
+  (the atomic restore of :mod:`pyruntime.bundle.restore`).
 
 :func:`collect_dir` bundles what is already in a cache directory without a
-live compile. A bundle turns into bytes with :meth:`TritonBundle.to_bytes`
-(the data-only format of :mod:`pyruntime.bundle_format`; never pickle).
+live compile.
 
 Kernel directories hold absolute paths inside their ``.json`` files
 (``__grp__*.json`` lists every child file). On collect the kernel
 directory's path is replaced by the sentinel ``[REPLACE]`` and on restore the
 sentinel becomes the new directory, so a bundle is relocatable. A ``.json``
 that already contains the sentinel is refused on collect, since it could not
-be told apart from a replaced path.
-
-Every collected bundle also records ``triton_abi``, the ABI tag of the
-Python that collected it (``"cpython-311-x86_64-linux-gnu"``, from
-``sysconfig``'s ``EXT_SUFFIX``; see :func:`installed_triton_abi`). Triton's
-cache key includes a hash of its compiled ``libtriton`` library, and Triton
-ships one wheel per CPython minor version whose libraries differ, so the
-same Triton version under Python 3.11 and 3.12 gives every kernel a
-different key: a bundle restored under another Python is written but never
-hit. :func:`pyruntime.cache.restore` treats an ABI other than its own as a
-mismatch.
-
-This module imports neither torch nor triton; the installed Triton version
-comes from the package metadata.
+be told apart from a replaced path. Every collected bundle also records the
+Triton version and the Python ABI tag of this installation
+(:mod:`pyruntime.bundle.compat`).
 """
 
 from __future__ import annotations
@@ -44,489 +32,39 @@ import json
 import logging
 import os
 import re
-import sys
 import threading
-from functools import lru_cache
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Literal, NamedTuple, Union
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, ClassVar, Iterable
 
-from . import config as _env
-from . import core as _native
-from .core.twin import FileChanged, FileTable, PackedEntry
-from ._version import __version__
-from .errors import BundleFormatError
-
-if TYPE_CHECKING:
-    from .cache import RestoreResult
+from .. import config as _env
+from .. import core
+from ..core.twin import FileChanged, PackedEntry
+from ..errors import BundleFormatError
+from .compat import MismatchPolicy, installed_triton_abi, installed_triton_version, triton_cache_dir
+from .format import kernel_layout, table_record
+from .model import (
+    Buffer,
+    TritonBundle,
+    TritonBundleEntry,
+    TritonBundlerMetadata,
+    TritonKernelArtifact,
+    TritonKernelArtifacts,
+    mark_checked,
+)
+from .restore import restore
+from .rules import (
+    _BIN_EXTS,
+    _HASH_RE,
+    _SKIP_FILES,
+    MAX_ARTIFACT_BYTES,
+    REPLACE_SENTINEL,
+    TMP_PREFIX,
+    check_file_name,
+    check_kernel_hash,
+    check_target,
+)
 
 log = logging.getLogger(__name__)
-
-Buffer = Union[bytes, bytearray, memoryview]
-MismatchPolicy = Literal["warn", "error", "force"]
-
-REPLACE_SENTINEL = b"[REPLACE]"
-
-#: Extensions of the binary artifact of a kernel, one per backend; the kernel
-#: name reported in the metadata is the stem of the file that has one.
-GPU_KERNEL_BIN_EXTS: dict[str, str] = {
-    "cuda": ".cubin",
-    "hip": ".hsaco",
-    "xpu": ".spv",
-    "xpu-ze": ".zebin",
-}
-_BIN_EXTS = frozenset(GPU_KERNEL_BIN_EXTS.values())
-_BIN_EXT_NAMES = frozenset(e[1:] for e in _BIN_EXTS)
-
-_BIN_SUFFIXES = tuple(sorted("." + e for e in _BIN_EXT_NAMES))
-
-
-def kernel_names_in(file_names: Iterable[str]) -> list[str]:
-    """The kernel names among file names: stems of binary artifacts (as
-    :func:`os.path.splitext` sees them: a stem of only dots has no
-    extension), in order."""
-    stems = [n.rpartition(".")[0] for n in file_names if n.endswith(_BIN_SUFFIXES)]
-    return [s for s in stems if s.strip(".")]
-
-
-# A kernel hash names a directory in the cache: Triton's base32 keys and
-# Inductor's hex keys both fit. "tmp.*" is reserved for in-flight restores.
-_HASH_RE = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,127}")
-MAX_FILE_NAME = 255
-
-# Triton writes these next to kernels; they are not part of a kernel.
-_SKIP_FILES = frozenset({"lock"})
-
-
-# --------------------------------------------------------------------------
-# validation shared with the bundle format and the restorer
-
-
-def check_kernel_hash(kernel_hash: object) -> str:
-    """Return ``kernel_hash`` if it is a safe cache directory name, else raise
-    :class:`BundleFormatError` naming the problem."""
-    if not isinstance(kernel_hash, str):
-        raise BundleFormatError(f"kernel hash must be a string, not {type(kernel_hash).__name__}")
-    if not _HASH_RE.fullmatch(kernel_hash) or kernel_hash.startswith("tmp."):
-        raise BundleFormatError(
-            f"kernel hash {kernel_hash!r} is not a plain directory name "
-            "(1-128 of A-Z a-z 0-9 _ - ., not starting with '.' or 'tmp.')"
-        )
-    return kernel_hash
-
-
-_PLAIN_ASCII_RE = re.compile(r"[\x20-\x2e\x30-\x5b\x5d-\x7e]{1,255}")  # printable ASCII except / and \\
-
-
-def check_file_name(name: object, kernel_hash: str = "?") -> str:
-    """Return ``name`` if it is a plain file name (no path separator, NUL or
-    control character, not ``.``/``..``, at most 255 UTF-8 bytes)."""
-    if type(name) is str and _PLAIN_ASCII_RE.fullmatch(name) and name not in (".", "..") \
-            and name not in _SKIP_FILES:
-        return name  # the common case, one regex
-    if not isinstance(name, str):
-        raise BundleFormatError(f"kernel {kernel_hash}: file name must be a string, not {type(name).__name__}")
-    bad = (
-        not name
-        or name in (".", "..")
-        or "/" in name
-        or "\\" in name
-        or not name.isprintable()
-        or name in _SKIP_FILES
-    )
-    if bad:
-        raise BundleFormatError(f"kernel {kernel_hash}: {name!r} is not a plain file name")
-    try:
-        if len(name.encode("utf-8")) > MAX_FILE_NAME:
-            raise BundleFormatError(f"kernel {kernel_hash}: file name {name[:40]!r}... is over {MAX_FILE_NAME} bytes")
-    except UnicodeEncodeError:
-        raise BundleFormatError(f"kernel {kernel_hash}: file name {name!r} is not valid UTF-8") from None
-    return name
-
-
-def check_target(target: object) -> str | None:
-    if target is None:
-        return None
-    if not isinstance(target, str) or not target or len(target) > 64 or not target.isprintable():
-        raise BundleFormatError(f"target {target!r} is not a short printable string like 'cuda:90'")
-    return target
-
-
-_ABI_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
-
-
-def check_abi(abi: object) -> str | None:
-    """Return ``abi`` if it is ``None`` or a short ABI tag such as
-    ``"cpython-312-x86_64-linux-gnu"``, else raise :class:`BundleFormatError`."""
-    if abi is None:
-        return None
-    if not isinstance(abi, str) or not _ABI_RE.fullmatch(abi):
-        raise BundleFormatError(
-            f"triton_abi {abi!r} is not an ABI tag like 'cpython-312-x86_64-linux-gnu' (1-64 of A-Z a-z 0-9 _ - .)"
-        )
-    return abi
-
-
-def check_version(version: object, what: str) -> str | None:
-    if version is None:
-        return None
-    if not isinstance(version, str) or not version or len(version) > 128 or not version.isprintable():
-        raise BundleFormatError(f"{what} {version!r} is not a short printable string")
-    return version
-
-
-# --------------------------------------------------------------------------
-# environment
-
-
-_TRITON_DISTS = ("triton", "pytorch-triton", "pytorch-triton-rocm", "pytorch-triton-xpu", "triton-xpu")
-
-
-@lru_cache(maxsize=1)
-def installed_triton_version() -> str | None:
-    """Version of the installed Triton distribution, from its package
-    metadata (Triton itself is not imported); ``None`` when none is found.
-
-    The metadata is found the way ``importlib.metadata.version`` finds it
-    (the first ``sys.path`` entry holding the distribution), by listing
-    those directories: importing ``importlib.metadata`` alone costs tens of
-    milliseconds, a first restore's whole budget. Anything unusual (a zip on
-    the path, two copies in one directory, metadata without a version) is
-    left to ``importlib.metadata``."""
-    for dist in _TRITON_DISTS:
-        found = _dist_info_version(dist)
-        if found is _UNSURE:
-            return _metadata_version()
-        if found is not None:
-            return found  # type: ignore[return-value]
-    return None
-
-
-_UNSURE = object()
-
-
-def _dist_info_version(dist: str) -> object:
-    """``dist``'s version from its ``.dist-info/METADATA`` in the first
-    ``sys.path`` directory that has one; ``None`` when none has;
-    :data:`_UNSURE` when only ``importlib.metadata`` can tell."""
-    want = re.sub(r"[-_.]+", "_", dist).lower()
-    for entry in sys.path:
-        try:
-            children = os.listdir(entry or ".")
-        except NotADirectoryError:
-            return _UNSURE  # a zip or egg file: importlib.metadata reads those
-        except OSError:
-            continue
-        # named as importlib.metadata names them: lower case, no
-        # extension, up to the first "-", runs of -_. as one _
-        hits = [c for c in children
-                if c.lower().endswith((".dist-info", ".egg-info"))
-                and re.sub(r"[-_.]+", "_", c.lower().rpartition(".")[0].partition("-")[0]) == want]
-        if not hits:
-            continue
-        if len(hits) > 1 or not hits[0].endswith(".dist-info"):
-            return _UNSURE
-        try:
-            with open(os.path.join(entry or ".", hits[0], "METADATA"), encoding="utf-8") as f:
-                for line in f:
-                    if not line.strip():
-                        break  # end of the header block
-                    if line.startswith("Version:"):
-                        return line[len("Version:"):].strip() or _UNSURE
-        except (OSError, UnicodeDecodeError):
-            pass
-        return _UNSURE
-    return None
-
-
-def _metadata_version() -> str | None:
-    from importlib import metadata
-
-    for dist in _TRITON_DISTS:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
-
-
-def abi_from_ext_suffix(suffix: object) -> str | None:
-    """The ABI tag in an extension-module suffix: without its dot and file
-    extension (``.cpython-312-x86_64-linux-gnu.so`` ->
-    ``cpython-312-x86_64-linux-gnu``, ``.cp312-win_amd64.pyd`` ->
-    ``cp312-win_amd64``; a free-threaded ``313t`` keeps its ``t``);
-    ``None`` when it holds no tag (a bare ``.so``) or is not a string."""
-    if not isinstance(suffix, str):
-        return None
-    tag = suffix.lstrip(".")
-    for ext in (".so", ".pyd", ".dylib"):
-        if tag.endswith(ext):
-            tag = tag[: -len(ext)]
-            break
-    if tag in ("", "so", "pyd", "dylib"):
-        return None
-    try:
-        return check_abi(tag)
-    except BundleFormatError:
-        return None
-
-
-@lru_cache(maxsize=1)
-def installed_triton_abi() -> str | None:
-    """ABI tag of this interpreter, which picks the Triton wheel installed
-    in it: :func:`abi_from_ext_suffix` of ``EXT_SUFFIX`` (the import system's
-    first extension suffix, else ``sysconfig``'s),
-    falling back to ``sys.implementation.cache_tag``; ``None`` when neither
-    is known. Recorded as a bundle's ``triton_abi`` at collect time and
-    compared on restore.
-
-    Why the interpreter's tag: Triton's cache key hashes its ``libtriton``
-    shared library, which differs between the per-CPython wheels of one
-    Triton release. Triton is not imported to find out (slow, and the wheel
-    installed was chosen by this very tag)."""
-    # The import system's first extension suffix is EXT_SUFFIX on CPython,
-    # without loading sysconfig's data module (~1 ms of a first restore).
-    from importlib.machinery import EXTENSION_SUFFIXES
-
-    tag = abi_from_ext_suffix(EXTENSION_SUFFIXES[0]) if EXTENSION_SUFFIXES else None
-    if tag is None:
-        import sysconfig
-
-        tag = abi_from_ext_suffix(sysconfig.get_config_var("EXT_SUFFIX"))
-    if tag is None:
-        try:
-            tag = check_abi(getattr(sys.implementation, "cache_tag", None))
-        except BundleFormatError:
-            tag = None
-    return tag
-
-
-def triton_cache_dir(device: int = 0) -> str:
-    """The Triton cache directory kernels of ``device`` are written to.
-
-    ``TRITON_CACHE_DIR`` when set, else Triton's own default
-    (``$TRITON_HOME/.triton/cache``, ``TRITON_HOME`` defaulting to ``~``).
-    Triton keys every kernel by its target, so all devices of a process share
-    the directory Triton itself writes to; ``device`` is kept in the bundle
-    entries so a caller can route kernels per device."""
-    del device  # one directory for every device, as Triton uses
-    explicit = os.environ.get("TRITON_CACHE_DIR")
-    if explicit:
-        return explicit
-    home = os.environ.get("TRITON_HOME") or os.path.expanduser("~")
-    return os.path.join(home, ".triton", "cache")
-
-
-# --------------------------------------------------------------------------
-# data classes
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class TritonBundleEntry:
-    """A kernel noted by :meth:`TritonBundler.put`: its Triton cache key (the
-    kernel directory's name), its device and the cache directory holding it."""
-
-    kernel_hash: str
-    device: int
-    directory: str
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class TritonKernelArtifact:
-    """One file of a kernel directory (``.cubin``, ``.json``, ``.ttir``, ...).
-
-    ``payload`` is a bytes-like object. Collect and load give read-only
-    ``memoryview`` slices of one buffer (the files read straight into place,
-    or the unpacked bundle), which saves a copy per file;
-    ``bytes(artifact.payload)`` gives bytes. ``.json`` payloads carry the
-    ``[REPLACE]`` sentinel where the kernel directory was."""
-
-    filename: str
-    payload: Buffer = dataclasses.field(repr=False)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class TritonKernelArtifacts:
-    """Every file of one kernel directory. ``target`` (``"cuda:90"``,
-    ``"hip:gfx942"``, ...) and ``triton_version`` come from the kernel's
-    metadata ``.json`` when it has them."""
-
-    kernel_hash: str
-    device: int
-    artifacts: list[TritonKernelArtifact]
-    target: str | None = None
-    triton_version: str | None = None
-
-    def kernel_names(self) -> list[str]:
-        """Names of the kernels in this directory (stems of binary artifacts)."""
-        return kernel_names_in([a.filename for a in self.artifacts])
-
-    @property
-    def size(self) -> int:
-        """Bytes of all artifacts."""
-        return sum(len(a.payload) for a in self.artifacts)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class TritonBundlerMetadata:
-    """Kernel names for instrumentation. ``statically_launched_kernel_names``
-    stays empty: Inductor's pickled static launchers are not carried, since a
-    bundle holds data only."""
-
-    cached_kernel_names: list[str]
-    statically_launched_kernel_names: list[str] = dataclasses.field(default_factory=list)
-
-
-@dataclasses.dataclass(frozen=True)
-class TritonBundle:
-    """Compiled kernels ready to be written to a file or restored into a cache.
-
-    ``triton_version`` is the Triton that built the kernels (the installed one
-    at collect time); ``pyruntime_version`` the pyruntime that wrote the
-    bundle. ``content_digest`` is set on bundles read from bytes (the digest
-    the file carried, checked on load). ``triton_abi`` is the ABI tag of the
-    Python that collected the kernels (:func:`installed_triton_abi`; Triton's
-    cache keys differ per CPython wheel); ``None`` when unknown, as in
-    bundles written before it was recorded, and then not checked."""
-
-    kernel_artifacts: list[TritonKernelArtifacts]
-    triton_version: str | None = None
-    pyruntime_version: str = __version__
-    content_digest: str | None = dataclasses.field(default=None, compare=False)
-    triton_abi: str | None = None
-    # (kernel objects, artifact objects) that were checked as they were read
-    # (by a collect or a decode), so saving or restoring them need not check
-    # them again while the bundle holds those very objects; see
-    # bundle_format.is_checked
-    _checked: tuple[list[Any], list[Any]] | None = dataclasses.field(
-        default=None, init=False, repr=False, compare=False)
-    # (file offsets, packed blob, kernel-table record) per kernel when a
-    # collect packed each kernel as it read it; valid while _checked is
-    _packed: tuple[list[list[int]], list[PackedEntry], list[bytes]] | None = dataclasses.field(
-        default=None, init=False, repr=False, compare=False)
-    # every file, flat, pointing into the unpacked blobs, when a decode built
-    # the bundle (what restore hands the C writer); valid while _checked is,
-    # or while the kernel objects were never built
-    _table: FileTable | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
-    # a decode's kernels as rows; the kernel and artifact objects are built
-    # from them and _table on first use of kernel_artifacts (a load+restore
-    # needs none of them)
-    _rows: list[KernelRow] | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
-
-    # -- information ---------------------------------------------------
-    @property
-    def targets(self) -> list[str]:
-        """Sorted distinct targets of the kernels."""
-        return sorted({k.target for k in self.kernel_artifacts if k.target})
-
-    def kernel_names(self) -> list[str]:
-        return kernel_names_in([a.filename for k in self.kernel_artifacts for a in k.artifacts])
-
-    @property
-    def size(self) -> int:
-        """Bytes of all artifacts (uncompressed)."""
-        return sum(k.size for k in self.kernel_artifacts)
-
-    def __len__(self) -> int:
-        return len(self.kernel_artifacts)
-
-    # -- bytes and files (pyruntime.bundle_format) --------------------------
-    def to_bytes(self) -> bytes:
-        """The data-only bundle file's bytes (docs/FORMAT.md, "Bundle file")."""
-        from . import bundle_format
-
-        return bundle_format.encode(self)
-
-    @classmethod
-    def from_bytes(cls, data: Buffer) -> "TritonBundle":
-        """Verify and decode bundle bytes; raises :class:`BundleFormatError`
-        naming the first problem."""
-        from . import bundle_format
-
-        return bundle_format.decode(data)
-
-    def save(self, path: str | os.PathLike[str]) -> int:
-        """Write the bundle file atomically; returns its size in bytes."""
-        from . import bundle_format
-
-        return bundle_format.save(self, path)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "TritonBundle":
-        """Read and verify a bundle file."""
-        from . import bundle_format
-
-        return bundle_format.load(path)
-
-    # -- restore (pyruntime.cache) ------------------------------------------
-    def restore(
-        self,
-        cache_dir: str | os.PathLike[str] | None = None,
-        *,
-        on_mismatch: MismatchPolicy | None = None,
-        target: str | None = None,
-        fsync: bool | None = None,
-    ) -> "RestoreResult":
-        """Write the kernels into ``cache_dir`` (default: the Triton cache
-        directory of each kernel's device); see :func:`pyruntime.cache.restore`."""
-        from . import cache
-
-        return cache.restore(self, cache_dir, on_mismatch=on_mismatch, target=target, fsync=fsync)
-
-
-class KernelRow(NamedTuple):
-    """A kernel of a decoded bundle without its artifact objects: what
-    restore needs of it (the fields of :class:`TritonKernelArtifacts`, and
-    the number of its files, which come in table order)."""
-
-    kernel_hash: str
-    device: int
-    target: str | None
-    triton_version: str | None
-    nfiles: int
-
-
-_BUILD_LOCK = threading.Lock()
-
-
-def _kernel_artifacts(bundle: TritonBundle) -> list[TritonKernelArtifacts]:
-    kernels = bundle.__dict__["_kernels"]
-    if kernels is None and bundle.__dict__.get("_rows") is not None:
-        kernels = _build_kernels(bundle)
-    return kernels
-
-
-def _set_kernel_artifacts(bundle: TritonBundle, kernels: list[TritonKernelArtifacts]) -> None:
-    # reached only through object.__setattr__ (the dataclass __init__): the
-    # frozen class refuses an assignment before it gets here
-    bundle.__dict__["_kernels"] = kernels
-
-
-def _build_kernels(bundle: TritonBundle) -> list[TritonKernelArtifacts]:
-    """The kernel and artifact objects of a decoded bundle, from its rows
-    and file table (payloads are views into the unpacked blobs), once."""
-    with _BUILD_LOCK:
-        kernels = bundle.__dict__["_kernels"]
-        if kernels is not None:
-            return kernels
-        t = bundle._table
-        assert t is not None and bundle._rows is not None
-        payloads = [t.blobs[b][o:o + n] for b, o, n in zip(t.blob_of, t.offs, t.sizes)]
-        arts = list(map(TritonKernelArtifact, t.names, payloads))
-        kernels = []
-        first = 0
-        for r in bundle._rows:
-            kernels.append(TritonKernelArtifacts(r.kernel_hash, r.device, arts[first:first + r.nfiles], r.target,
-                                                 r.triton_version))
-            first += r.nfiles
-        bundle.__dict__["_kernels"] = kernels
-        mark_checked(bundle)
-        return kernels
-
-
-# The field is a property, set after the dataclass is made (else the dataclass
-# would take the property for the field's default).
-TritonBundle.kernel_artifacts = property(  # type: ignore[method-assign,assignment]
-    _kernel_artifacts, _set_kernel_artifacts,
-    doc="The kernels: a decoded bundle builds these objects on first use.")
 
 
 # --------------------------------------------------------------------------
@@ -710,17 +248,15 @@ def _prepare_kernel(
     root: str, h: str, device: int, complete_only: bool, roots: list[bytes] | None = None
 ) -> _PreparedKernel | None:
     """Read kernel directory ``root/h`` into one blob (the layout of the
-    bundle file: :func:`pyruntime.bundle_format.kernel_layout`) and pack it.
+    bundle file: :func:`pyruntime.bundle.format.kernel_layout`) and pack it.
     ``.json`` files are read in Python (the sentinel swap changes their
     size), the others by the backend straight into their slots. A file that
     changes size meanwhile makes the directory be listed and read again."""
-    from .bundle_format import kernel_layout, table_record
-
     check_kernel_hash(h)
     path = f"{root}/{h}"
     if roots is None:
         roots = _root_spellings(root)
-    backend = _native.backend
+    backend = core.backend
     for attempt in range(_READ_ATTEMPTS):
         stamp = _dir_stamp(path)
         entries = _list_kernel_dir(path, complete_only)
@@ -786,16 +322,9 @@ def _prepare_many(items: list[tuple[str, str, int, bool]]) -> list[_PreparedKern
     return [p for p in results if p is not None]
 
 
-def mark_checked(bundle: TritonBundle) -> None:
-    """Note that ``bundle``'s kernels and artifacts, as they are now, passed
-    the checks of :func:`pyruntime.bundle_format.check_bundle`."""
-    kernels = list(bundle.kernel_artifacts)
-    object.__setattr__(bundle, "_checked", (kernels, [a for k in kernels for a in k.artifacts]))
-
-
 def _bundle_of(prepared: list[_PreparedKernel]) -> TritonBundle:
     """The bundle of prepared kernels, carrying their packed blobs for
-    :func:`pyruntime.bundle_format.encode`."""
+    :func:`pyruntime.bundle.format.encode`."""
     kernels = [p.kernel for p in prepared]
     bundle = TritonBundle(kernels, triton_version=installed_triton_version(), triton_abi=installed_triton_abi())
     mark_checked(bundle)
@@ -815,8 +344,6 @@ def _executor() -> Any:
     global _EXECUTOR
     with _EXECUTOR_LOCK:
         if _EXECUTOR is None:
-            from concurrent.futures import ThreadPoolExecutor
-
             _EXECUTOR = ThreadPoolExecutor(max_workers=_env.io_threads(), thread_name_prefix="pyruntime-bundle")
         return _EXECUTOR
 
@@ -830,9 +357,6 @@ def _forget_executor_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_executor_in_child)
-
-
-MAX_ARTIFACT_BYTES = 1 << 30  # the pack container's per-entry limit
 
 
 def collect_dir(
@@ -858,7 +382,7 @@ def collect_dir(
         with os.scandir(root) as it:
             hashes = sorted(
                 e.name for e in it
-                if e.is_dir(follow_symlinks=False) and not e.name.startswith("tmp.")
+                if e.is_dir(follow_symlinks=False) and not e.name.startswith(TMP_PREFIX)
                 and _HASH_RE.fullmatch(e.name)
             )
     else:
@@ -880,7 +404,7 @@ class BundlerConfig:
     ``force_disable``: off whatever the rest says.
     ``on_mismatch``: what a restore does with kernels built for another
     Triton version, Python ABI or target (``None``: ``PYRUNTIME_BUNDLE_ON_MISMATCH``,
-    default ``"warn"``); see :func:`pyruntime.cache.restore`.
+    default ``"warn"``); see :func:`pyruntime.bundle.restore.restore`.
     ``target``: the target restores expect (``"cuda:90"``); ``None`` checks
     no target. ``fsync``: fsync restored files (``None``: ``PYRUNTIME_FSYNC``).
     ``pack_on_put``: read and pack each kernel on a background thread as it
@@ -1022,13 +546,7 @@ class TritonBundler:
         names returned are those of the kernels written."""
         if not cls.is_enabled():
             return None
-        from . import cache
-
         cfg = cls.config
-        result = cache.restore(bundle, None, on_mismatch=cfg.on_mismatch, target=cfg.target, fsync=cfg.fsync)
+        result = restore(bundle, None, on_mismatch=cfg.on_mismatch, target=cfg.target, fsync=cfg.fsync)
         return TritonBundlerMetadata(result.kernel_names, [])
 
-
-def load_bundle(path: str | os.PathLike[str]) -> TritonBundle:
-    """Read and verify a bundle file (:meth:`TritonBundle.load`)."""
-    return TritonBundle.load(path)

@@ -4,7 +4,7 @@
 
 1. The bundle is checked as a whole (names, duplicates, compatibility)
    before the first byte is written; a bundle read from a file was already
-   verified byte for byte by :func:`pyruntime.bundle_format.decode`.
+   verified byte for byte by :func:`pyruntime.pyruntime.bundle.format.decode`.
 2. Each kernel is written into ``<cache>/tmp.pid_<pid>_<random>`` and
    renamed onto ``<cache>/<kernel_hash>`` with :func:`os.replace`, so a
    partial kernel directory is never visible. A kernel directory that exists
@@ -42,9 +42,9 @@ Speed: one listing of the cache directory replaces a stat per kernel; the
 kernel directories are written by the C core (``csrc/kernel_dirs.c``), one
 ``open``/``write``/``close`` per file, several kernels at once on the
 ``PYRUNTIME_IO_THREADS`` worker pool, from one flat file table (for a
-loaded bundle, the one :func:`pyruntime.bundle_format.decode` built over the
+loaded bundle, the one :func:`pyruntime.pyruntime.bundle.format.decode` built over the
 unpacked blobs: no Python object per file, and a kernel row instead of a
-kernel object, see :func:`pyruntime.bundle_format.kernel_rows`); the
+kernel object, see :func:`pyruntime.bundle.model.kernel_rows`); the
 ``[REPLACE]`` sentinel in ``.json`` files is swapped for the kernel's
 directory as they are written.
 """
@@ -61,26 +61,25 @@ import time
 import warnings
 from typing import Callable, Sequence
 
-from . import core
-from . import config as _env
-from .core.twin import FileTable, KernelJob, Swap
-from .bundler import (
-    REPLACE_SENTINEL,
-    KernelRow,
+from .. import config as _env
+from .. import core
+from ..core.twin import FileTable, KernelJob, Swap
+from ..errors import BundleCompatibilityError
+from .compat import (
     MismatchPolicy,
-    TritonBundle,
-    TritonKernelArtifacts,
-    check_target,
+    abi_reason,
     installed_triton_abi,
     installed_triton_version,
-    kernel_names_in,
+    mismatch_message,
+    mismatch_reason,
+    policy as mismatch_policy,
     triton_cache_dir,
 )
-from .errors import BundleCompatibilityError
+from .model import KernelRow, RestoreResult, TritonBundle, check_bundle, decoded_table, is_checked, kernel_rows
+from .rules import REPLACE_SENTINEL, TMP_PREFIX, check_target, kernel_names_in
 
 log = logging.getLogger(__name__)
 
-TMP_PREFIX = "tmp."
 # A writer thread is worth starting for this many kernels: a kernel directory
 # of a typical torch.compile cache (8 files, ~120 kB) takes ~150 us to write
 # on tmpfs, starting a thread ~20-30 us (measured on the CI VM and the 16-core
@@ -94,87 +93,8 @@ DEFAULT_MAX_AGE_S = 3600.0
 _after_file_hook: Callable[[str, str], None] | None = None
 
 
-@dataclasses.dataclass
-class RestoreResult:
-    """What :func:`restore` did, per kernel hash."""
-
-    restored: list[str] = dataclasses.field(default_factory=list)
-    existing: list[str] = dataclasses.field(default_factory=list)
-    incompatible: dict[str, str] = dataclasses.field(default_factory=dict)  # hash -> reason
-    kernel_names: list[str] = dataclasses.field(default_factory=list)  # of restored kernels
-    files_written: int = 0
-    bytes_written: int = 0
-    stale_removed: list[str] = dataclasses.field(default_factory=list)
-    #: the warning issued (policy "warn") about skipped kernels, else None
-    message: str | None = None
-
-
 # --------------------------------------------------------------------------
 # compatibility
-
-
-def _base_version(v: str) -> str:
-    return v.split("+", 1)[0]
-
-
-ABI_HELP = ("Triton's cache keys depend on the exact Triton wheel, which differs per Python version, "
-            "so Triton would miss these kernels and recompile them; rebuild the bundle under the target's Python")
-
-
-def abi_reason(bundle_abi: str | None, local_abi: str | None) -> str | None:
-    """Why a bundle collected under Python ABI ``bundle_abi`` does not fit
-    an interpreter of ``local_abi``, or ``None`` (equal, or either unknown)."""
-    if bundle_abi and local_abi and bundle_abi != local_abi:
-        return f"collected under Python ABI {bundle_abi}, this interpreter is {local_abi}"
-    return None
-
-
-def mismatch_reason(
-    kernel: TritonKernelArtifacts | KernelRow,
-    installed: str | None,
-    target: str | None,
-    default_version: str | None = None,
-    *,
-    bundle_abi: str | None = None,
-    local_abi: str | None = None,
-) -> str | None:
-    """Why ``kernel`` does not fit this installation, or ``None``: another
-    Triton version, another Python ABI (``bundle_abi`` vs ``local_abi``,
-    see :func:`abi_reason`), or another target than ``target``."""
-    built = kernel.triton_version or default_version
-    if built and installed and _base_version(built) != _base_version(installed):
-        return f"built with triton {built}, installed is {installed}"
-    abi = abi_reason(bundle_abi, local_abi)
-    if abi is not None:
-        return abi
-    if target and kernel.target and kernel.target != target:
-        return f"built for {kernel.target}, expected {target}"
-    return None
-
-
-def _policy(on_mismatch: str | None) -> str:
-    policy = on_mismatch or _env.bundle_on_mismatch()
-    if policy not in ("warn", "error", "force"):
-        raise ValueError(f"on_mismatch must be 'warn', 'error' or 'force', not {policy!r}")
-    return policy
-
-
-def _mismatch_message(incompatible: dict[str, str], wrong_abi: str | None) -> str:
-    """One line about the skipped kernels: the ABI mismatch (which hits
-    every kernel alike) once with its explanation, the rest up to 5 by name."""
-    parts = []
-    others = incompatible
-    if wrong_abi is not None:
-        others = {h: r for h, r in incompatible.items() if r != wrong_abi}
-        n_abi = len(incompatible) - len(others)
-        if n_abi:
-            parts.append(f"{n_abi} bundled kernel(s) were {wrong_abi}: {ABI_HELP}")
-    if others:
-        lines = "; ".join(f"{h}: {r}" for h, r in list(others.items())[:5])
-        more = len(others) - 5
-        parts.append(f"{len(others)} bundled kernel(s) do not fit this installation "
-                     f"({lines}{f'; and {more} more' if more > 0 else ''})")
-    return "; ".join(parts)
 
 
 # --------------------------------------------------------------------------
@@ -306,8 +226,6 @@ def _file_table(bundle: TritonBundle, checked: bool | None = None) -> FileTable:
     """Every file of ``bundle`` in kernel order: the table a decode built
     (pointing into the unpacked blobs) while the bundle is unchanged, else
     one blob per artifact."""
-    from .bundle_format import decoded_table
-
     table = decoded_table(bundle, checked)
     if table is not None:
         return table
@@ -350,13 +268,11 @@ def restore(
     """Write ``bundle``'s kernels into ``cache_dir`` (default: the Triton
     cache directory of each kernel's device). See the module docstring for
     the guarantees and the ``on_mismatch``/``target`` policy."""
-    from .bundle_format import check_bundle, is_checked, kernel_rows
-
     checked = is_checked(bundle)
     if not checked:  # a bundle just loaded or collected was checked then
         check_bundle(bundle)
     check_target(target)
-    policy = _policy(on_mismatch)
+    policy = mismatch_policy(on_mismatch)
     do_fsync = _env.fsync_enabled() if fsync is None else bool(fsync)
     result = RestoreResult()
 
@@ -384,7 +300,7 @@ def restore(
     if wrong_abi is not None and policy == "force":
         log.debug("bundle %s; writing it anyway (on_mismatch='force')", wrong_abi)
     if result.incompatible:
-        msg = _mismatch_message(result.incompatible, wrong_abi)
+        msg = mismatch_message(result.incompatible, wrong_abi)
         if policy == "error":
             raise BundleCompatibilityError(msg + "; nothing was written")
         result.message = msg + "; skipped them"

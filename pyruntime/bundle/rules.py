@@ -1,0 +1,176 @@
+"""The bundle's rules: what is a valid kernel hash, file name, target,
+version and ABI tag, what is litter, and the limits a reader enforces.
+
+Every other bundle layer (model, format, collect, restore) checks names
+with these functions, and the C core's kernel-table check
+(``csrc/bundle_table.c``) restates them; :func:`table_is_plain` picks the
+C check when the C core runs and the pure-Python one here otherwise.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable, Sequence
+
+from .. import core
+from ..errors import BundleFormatError
+
+REPLACE_SENTINEL = b"[REPLACE]"
+
+#: Prefix of in-flight restore and compile directories (ours and Triton's):
+#: never a kernel, always litter once its writer is gone.
+TMP_PREFIX = "tmp."
+
+#: Extensions of the binary artifact of a kernel, one per backend; the kernel
+#: name reported in the metadata is the stem of the file that has one.
+GPU_KERNEL_BIN_EXTS: dict[str, str] = {
+    "cuda": ".cubin",
+    "hip": ".hsaco",
+    "xpu": ".spv",
+    "xpu-ze": ".zebin",
+}
+_BIN_EXTS = frozenset(GPU_KERNEL_BIN_EXTS.values())
+_BIN_EXT_NAMES = frozenset(e[1:] for e in _BIN_EXTS)
+
+_BIN_SUFFIXES = tuple(sorted("." + e for e in _BIN_EXT_NAMES))
+
+
+def kernel_names_in(file_names: Iterable[str]) -> list[str]:
+    """The kernel names among file names: stems of binary artifacts (as
+    :func:`os.path.splitext` sees them: a stem of only dots has no
+    extension), in order."""
+    stems = [n.rpartition(".")[0] for n in file_names if n.endswith(_BIN_SUFFIXES)]
+    return [s for s in stems if s.strip(".")]
+
+
+# A kernel hash names a directory in the cache: Triton's base32 keys and
+# Inductor's hex keys both fit. "tmp.*" is reserved for in-flight restores.
+_HASH_RE = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,127}")
+MAX_FILE_NAME = 255
+
+# Triton writes these next to kernels; they are not part of a kernel.
+_SKIP_FILES = frozenset({"lock"})
+
+
+#: The pack container's per-entry limit, and so the largest kernel file.
+MAX_ARTIFACT_BYTES = 1 << 30
+
+
+
+def check_kernel_hash(kernel_hash: object) -> str:
+    """Return ``kernel_hash`` if it is a safe cache directory name, else raise
+    :class:`BundleFormatError` naming the problem."""
+    if not isinstance(kernel_hash, str):
+        raise BundleFormatError(f"kernel hash must be a string, not {type(kernel_hash).__name__}")
+    if not _HASH_RE.fullmatch(kernel_hash) or kernel_hash.startswith("tmp."):
+        raise BundleFormatError(
+            f"kernel hash {kernel_hash!r} is not a plain directory name "
+            "(1-128 of A-Z a-z 0-9 _ - ., not starting with '.' or 'tmp.')"
+        )
+    return kernel_hash
+
+
+_PLAIN_ASCII_RE = re.compile(r"[\x20-\x2e\x30-\x5b\x5d-\x7e]{1,255}")  # printable ASCII except / and \\
+
+
+def check_file_name(name: object, kernel_hash: str = "?") -> str:
+    """Return ``name`` if it is a plain file name (no path separator, NUL or
+    control character, not ``.``/``..``, at most 255 UTF-8 bytes)."""
+    if type(name) is str and _PLAIN_ASCII_RE.fullmatch(name) and name not in (".", "..") \
+            and name not in _SKIP_FILES:
+        return name  # the common case, one regex
+    if not isinstance(name, str):
+        raise BundleFormatError(f"kernel {kernel_hash}: file name must be a string, not {type(name).__name__}")
+    bad = (
+        not name
+        or name in (".", "..")
+        or "/" in name
+        or "\\" in name
+        or not name.isprintable()
+        or name in _SKIP_FILES
+    )
+    if bad:
+        raise BundleFormatError(f"kernel {kernel_hash}: {name!r} is not a plain file name")
+    try:
+        if len(name.encode("utf-8")) > MAX_FILE_NAME:
+            raise BundleFormatError(f"kernel {kernel_hash}: file name {name[:40]!r}... is over {MAX_FILE_NAME} bytes")
+    except UnicodeEncodeError:
+        raise BundleFormatError(f"kernel {kernel_hash}: file name {name!r} is not valid UTF-8") from None
+    return name
+
+
+def check_target(target: object) -> str | None:
+    if target is None:
+        return None
+    if not isinstance(target, str) or not target or len(target) > 64 or not target.isprintable():
+        raise BundleFormatError(f"target {target!r} is not a short printable string like 'cuda:90'")
+    return target
+
+
+_ABI_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+
+
+def check_abi(abi: object) -> str | None:
+    """Return ``abi`` if it is ``None`` or a short ABI tag such as
+    ``"cpython-312-x86_64-linux-gnu"``, else raise :class:`BundleFormatError`."""
+    if abi is None:
+        return None
+    if not isinstance(abi, str) or not _ABI_RE.fullmatch(abi):
+        raise BundleFormatError(
+            f"triton_abi {abi!r} is not an ABI tag like 'cpython-312-x86_64-linux-gnu' (1-64 of A-Z a-z 0-9 _ - .)"
+        )
+    return abi
+
+
+def check_version(version: object, what: str) -> str | None:
+    if version is None:
+        return None
+    if not isinstance(version, str) or not version or len(version) > 128 or not version.isprintable():
+        raise BundleFormatError(f"{what} {version!r} is not a short printable string")
+    return version
+
+
+
+def table_is_plain(hashes: Sequence[str], kernel_files: Sequence[int], names: Sequence[str],
+                   numbers: Sequence[int], blob_lens: Sequence[int]) -> bool:
+    """Whether a kernel table passes every check of the bundle reader's
+    common case in one call (the reader checks item by item when not):
+    the C core's ``prt_table_is_plain`` when it runs, else the same rules
+    in Python. ``numbers`` holds each file's blob index, then each one's
+    offset, then each one's size."""
+    fast = getattr(core.backend, "table_is_plain", None)
+    if fast is not None:
+        return fast(hashes, kernel_files, names, numbers, blob_lens)
+    return _table_is_plain_py(hashes, kernel_files, names, numbers, blob_lens)
+
+
+def _table_is_plain_py(hashes: Sequence[str], kernel_files: Sequence[int], names: Sequence[str],
+                   numbers: Sequence[int], blob_lens: Sequence[int]) -> bool:
+    """The pure-Python side of prt_table_is_plain (csrc/bundle_table.c,
+    which restates these rules in C): whether a kernel table passes every check of the
+    bundle reader's common case (the reader checks item by item when not).
+    ``numbers`` holds each file's blob index, then each one's offset, then
+    each one's size; each must be an integer from 0 to 2**64 - 1."""
+    n = len(names)
+    if not all(type(x) is str for x in [*hashes, *names]) or len(numbers) != 3 * n \
+            or not all(type(x) is int and 0 <= x < 1 << 64 for x in numbers):
+        return False
+    if not all(_HASH_RE.fullmatch(h) and not h.startswith("tmp.") for h in hashes) \
+            or len(set(hashes)) != len(hashes):
+        return False
+    if not all(map(_PLAIN_ASCII_RE.fullmatch, names)) or not _SKIP_FILES.isdisjoint(names) \
+            or not {".", ".."}.isdisjoint(names):
+        return False
+    first = 0
+    for count in kernel_files:
+        if first + count > n or len(set(names[first:first + count])) != count:
+            return False
+        first += count
+    if first != n:
+        return False
+    pos = [0] * len(blob_lens)
+    for blob, off, size in sorted(zip(numbers[:n], numbers[n:2 * n], numbers[2 * n:])):
+        if blob >= len(blob_lens) or off != pos[blob] or size > blob_lens[blob] - off:
+            return False
+        pos[blob] = off + size
+    return pos == list(blob_lens)
