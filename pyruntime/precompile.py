@@ -26,7 +26,7 @@ It is read from Triton's compilation listener, which reports exactly that.
 The cache key is the kernel's directory name under the cache directory (the
 base32 form of ``CompiledKernel.hash``), the name Triton and the bundler use.
 
-Recording. When ``pyruntime.bundler`` is importable and its
+Recording. When ``pyruntime.bundle`` is importable and its
 ``TritonBundler.is_enabled()``, every kernel that built (or was found in the
 cache) is reported with ``TritonBundler.put(cache_key, 0, cache_dir=...)`` as its result
 arrives in the calling process, so a bundle being recorded around this call
@@ -331,7 +331,7 @@ def default_cache_dir() -> str:
 
 
 class _BundlerHook:
-    """Report built kernels to :class:`pyruntime.bundler.TritonBundler` while it records."""
+    """Report built kernels to :class:`pyruntime.bundle.TritonBundler` while it records."""
 
     def __init__(self, cache_dir: str) -> None:
         from .bundle import TritonBundler

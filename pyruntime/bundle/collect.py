@@ -224,7 +224,7 @@ class _PreparedKernel:
     """A kernel directory read and packed: its artifacts (views into the
     blob), each artifact's offset in the blob, the packed blob, its record
     in the bundle's kernel table (JSON, the blob index left open: see
-    :func:`pyruntime.bundle_format.table_record`), and the directory's
+    :func:`pyruntime.bundle.format.table_record`), and the directory's
     (inode, mtime) when it was listed, by which a collect tells whether it
     changed since."""
 

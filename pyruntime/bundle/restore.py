@@ -80,10 +80,9 @@ from .rules import REPLACE_SENTINEL, TMP_PREFIX, check_target, kernel_names_in
 
 log = logging.getLogger(__name__)
 
-# A writer thread is worth starting for this many kernels: a kernel directory
-# of a typical torch.compile cache (8 files, ~120 kB) takes ~150 us to write
-# on tmpfs, starting a thread ~20-30 us (measured on the CI VM and the 16-core
-# GPU host).
+# A writer thread is worth starting for this many kernels: writing one kernel
+# directory costs several times what starting a thread does
+# (docs/PERFORMANCE.md).
 KERNELS_PER_THREAD = 2
 DEFAULT_MAX_AGE_S = 3600.0
 

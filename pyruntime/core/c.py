@@ -436,10 +436,8 @@ def _output_block(ffi: Any, scratch: Any, size: int) -> tuple[Any, memoryview]:
     page fault a 64 MiB bundle spends more time faulting than decompressing
     (private: Python's default shared mapping is tmpfs-backed and slower
     still). Smaller ones are malloc'ed, which a process reuses from one load
-    to the next. Huge pages from 1 MiB on were tried: a first 2 MB load got
-    0.3 ms faster on the CI VM, but the next bench run on the 16-core GPU
-    host had the warm load at 1.61 ms instead of 1.27 (each load zeroes a
-    fresh huge page and unmaps it) and the first load no faster."""
+    to the next (a fresh huge page per load costs more than it saves below
+    HUGE_OUTPUT; docs/PERFORMANCE.md has the measurements)."""
     if size >= HUGE_OUTPUT:
         return _mapped_block(ffi, size)
     block = scratch("uint8_t[]", max(size, 1))

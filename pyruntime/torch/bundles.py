@@ -92,7 +92,7 @@ def _swap_sentinel(artifacts: Iterable[Any], old: bytes, new: bytes, make: Any) 
 
 
 def from_inductor_bundle(bundle: Any) -> TritonBundle:
-    """A pyruntime :class:`~pyruntime.bundler.TritonBundle` from Inductor's
+    """A pyruntime :class:`~pyruntime.bundle.TritonBundle` from Inductor's
     ``TritonBundle`` (its static autotuners are dropped: pickles)."""
     kernels = []
     for k in bundle.kernel_artifacts:
