@@ -9,9 +9,13 @@
     cache hash  DIR
     cache clean DIR [--max-age SECONDS] [--all] [--dry-run]
 
-A bad input (missing file, corrupt bundle, a bundle for another Triton
-under ``--on-mismatch error``) prints one line naming the problem and exits
-with status 2; ``bundle verify`` exits 1 when the file is not a valid bundle.
+Exit status, whatever the input: 0 on success; ``bundle verify`` exits 1
+when the file is not a valid bundle (corrupt, truncated, over a limit, not
+a regular file, or verifying it ran out of memory) and 2 when it cannot be
+read at all (missing, no permission, an I/O error); every other failure of
+``bundle``/``cache`` commands (including a bundle for another Triton under
+``--on-mismatch error``) exits 2. Each failure prints one line naming the
+file and the problem, never a traceback.
 
 ``bundle inspect`` shows the bundle's Python ABI (``triton_abi``: the
 Python that collected it, whose Triton wheel made the kernels' cache keys)
@@ -27,7 +31,7 @@ import os
 import sys
 from typing import Any
 
-from .errors import UserError
+from .errors import UserError, one_line
 from .errors import BundleFormatError
 
 
@@ -107,20 +111,29 @@ def _existing_dir(path: str) -> str:
     return path
 
 
-def _read_bundle_bytes(path: str) -> bytes:
-    from .bundle.format import read_file
+class _InvalidBundle(UserError):
+    """The file is there and readable but is not a valid bundle."""
 
-    return read_file(_existing_file(path))
+
+def _verified(path: str, fn: Any = None) -> tuple[Any, int]:
+    """``fn(data)`` (default: decode) of the bundle file at ``path`` and
+    its size; :class:`_InvalidBundle` or :class:`UserError` in one line
+    naming the file otherwise."""
+    from .bundle.format import exhausted, decode, read_file
+
+    try:
+        data = read_file(_existing_file(path))
+        return (fn or decode)(data), len(data)
+    except BundleFormatError as e:
+        raise _InvalidBundle(f"{path}: {e}") from None
+    except (MemoryError, RecursionError) as e:
+        raise _InvalidBundle(f"{path}: {exhausted(e)}") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read it ({e.strerror or e})") from None
 
 
 def _load(path: str) -> Any:
-    from .bundle.format import decode
-
-    data = _read_bundle_bytes(path)
-    try:
-        return decode(data), len(data)
-    except BundleFormatError as e:
-        raise UserError(f"{path}: {e}") from None
+    return _verified(path)
 
 
 def _table(rows: list[list[str]], right: set[int]) -> str:
@@ -201,11 +214,7 @@ def _inspect(args: argparse.Namespace) -> int:
     from .bundle.format import describe
     from .bundle.compat import installed_triton_abi
 
-    data = _read_bundle_bytes(args.file)
-    try:
-        info = describe(data)
-    except BundleFormatError as e:
-        raise UserError(f"{args.file}: {e}") from None
+    info, _ = _verified(args.file, describe)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -235,13 +244,11 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from .bundle.format import decode
-
-    data = _read_bundle_bytes(args.file)
     try:
-        bundle = decode(data)
-    except BundleFormatError as e:
-        print(f"{args.file}: INVALID: {e}", file=sys.stderr)
+        bundle, _ = _verified(args.file)
+    except _InvalidBundle as e:
+        path, _, problem = str(e).partition(": ")
+        print(one_line(f"{path}: INVALID: {problem}"), file=sys.stderr)
         return 1
     files = sum(len(k.artifacts) for k in bundle.kernel_artifacts)
     print(f"{args.file}: OK: {len(bundle)} kernels, {files} files, digest {bundle.content_digest}")

@@ -12,12 +12,13 @@ import importlib
 import sys
 from typing import Sequence
 
-from .errors import PyRuntimeError, UserError
+from .errors import PyRuntimeError, UserError, one_line
 
 # module providing register(subparsers) for each command group
 COMMAND_MODULES = (
     "pyruntime._cli_precompile",  # precompile
     "pyruntime._cli_bundle",  # bundle ..., cache ...
+    "pyruntime._cli_store",  # store push, pull, ls
 )
 
 
@@ -41,7 +42,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except (UserError, PyRuntimeError, OSError, ValueError) as e:
-        print(f"pyruntime: error: {e}", file=sys.stderr)
+        print(f"pyruntime: error: {one_line(str(e))}", file=sys.stderr)
+        return 2
+    except (MemoryError, RecursionError) as e:
+        what = "memory" if isinstance(e, MemoryError) else "stack"
+        print(f"pyruntime: error: out of {what} ({one_line(str(e)) or type(e).__name__})", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("pyruntime: interrupted", file=sys.stderr)

@@ -8,6 +8,16 @@ from __future__ import annotations
 
 from concurrent.futures import BrokenExecutor
 
+#: Longest error line printed; messages name the problem and cut hostile
+#: values well below this, which only stops what slipped through.
+MAX_MESSAGE = 1000
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line of at most :data:`MAX_MESSAGE` characters."""
+    flat = " ".join(text[: 2 * MAX_MESSAGE].split())
+    return flat if len(flat) <= MAX_MESSAGE else flat[: MAX_MESSAGE - 3] + "..."
+
 
 class PyRuntimeError(Exception):
     """Base class of every pyruntime error."""

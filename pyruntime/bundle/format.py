@@ -47,13 +47,14 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from typing import Any
 
 from .. import config as _env
 from .. import core, packing
 from .._atomic import write_atomic
 from .._version import __version__
-from ..core.twin import FileTable, PackedEntry
+from ..core.twin import PACK_MAGIC, FileTable, PackedEntry
 from ..errors import BundleFormatError
 from ..hashing import hash_bytes
 from .model import (
@@ -64,14 +65,27 @@ from .model import (
     check_bundle,
     is_checked,
 )
-from .rules import check_abi, check_file_name, check_kernel_hash, check_target, check_version, table_is_plain
+from .rules import (
+    MAX_BUNDLE_BYTES,
+    MAX_EXPANSION,
+    MAX_HEADER_BYTES,
+    MAX_RAW_BYTES,
+    MAX_TABLE_BYTES,
+    MAX_TARGETS,
+    check_abi,
+    check_file_name,
+    check_kernel_hash,
+    check_target,
+    check_version,
+    shown,
+    table_is_plain,
+)
 
 FORMAT_NAME = "pyruntime-triton-bundle"
 FORMAT_VERSION = 1
 HEADER_NAME = "header.json"
 KERNELS_NAME = "kernels.json"
 BLOB_PREFIX = "blob."
-MAX_JSON = 256 << 20
 
 _HEADER_KEYS = frozenset(
     {"format", "format_version", "pyruntime_version", "triton_version", "targets", "content_digest", "blobs"}
@@ -227,10 +241,19 @@ def _fail(msg: str) -> BundleFormatError:
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out = dict(pairs)
     if len(out) != len(pairs):
-        keys = [k for k, _ in pairs]
-        dup = next(k for k in keys if keys.count(k) > 1)
-        raise _fail(f"key {dup!r} appears twice in one object")
+        seen: set[str] = set()  # one pass: the first key seen twice
+        for k, _ in pairs:
+            if k in seen:
+                raise _fail(f"key {shown(k)} appears twice in one object")
+            seen.add(k)
     return out
+
+
+def _some(names: Any) -> str:
+    """A few of ``names`` for a message, and how many there are."""
+    items = sorted(names) if not isinstance(names, list) else names
+    head = ", ".join(shown(n) for n in items[:5])
+    return f"[{head}{f', ... ({len(items)} in all)' if len(items) > 5 else ''}]"
 
 
 def _is_uint(v: Any) -> bool:
@@ -242,8 +265,6 @@ _JSON = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys)
 
 
 def _parse_json(raw: Buffer, what: str) -> Any:
-    if len(raw) > MAX_JSON:
-        raise _fail(f"{what} is {len(raw)} bytes, over the {MAX_JSON}-byte limit")
     try:
         return _JSON.decode(str(raw, "utf-8"))
     except BundleFormatError:
@@ -258,19 +279,19 @@ def parse_header(raw: Buffer) -> dict[str, Any]:
     if not isinstance(man, dict):
         raise _fail(f"{HEADER_NAME} is not a JSON object")
     if man.get("format") != FORMAT_NAME:
-        raise BundleFormatError(f"not a kernel bundle: format is {man.get('format')!r}, expected {FORMAT_NAME!r}")
+        raise BundleFormatError(f"not a kernel bundle: format is {shown(man.get('format'))}, expected {FORMAT_NAME!r}")
     version = man.get("format_version")
     if not _is_uint(version):
         raise _fail("format_version is not an integer")
     if version != FORMAT_VERSION:
         raise BundleFormatError(
-            f"bundle format version {version} is not supported (this pyruntime reads version {FORMAT_VERSION})"
+            f"bundle format version {shown(version)} is not supported (this pyruntime reads version {FORMAT_VERSION})"
         )
     extra = set(man) - _HEADER_KEYS - _OPTIONAL_HEADER_KEYS
     missing = _HEADER_KEYS - set(man)
     if extra or missing:
-        raise _fail(f"{HEADER_NAME}: unexpected keys {sorted(extra)}" if extra
-                    else f"{HEADER_NAME}: missing keys {sorted(missing)}")
+        raise _fail(f"{HEADER_NAME}: unexpected keys {_some(extra)}" if extra
+                    else f"{HEADER_NAME}: missing keys {_some(missing)}")
     check_version(man["pyruntime_version"], "pyruntime_version")
     check_version(man["triton_version"], "triton_version")
     try:
@@ -281,6 +302,8 @@ def parse_header(raw: Buffer) -> dict[str, Any]:
     if not (isinstance(digest, str) and len(digest) == 32 and all(c in "0123456789abcdef" for c in digest)):
         raise _fail("content_digest is not 32 lowercase hex digits")
     targets = man["targets"]
+    if isinstance(targets, list) and len(targets) > MAX_TARGETS:
+        raise _fail(f"header lists {len(targets)} targets, over the limit of {MAX_TARGETS}")
     if not isinstance(targets, list) or any(check_target(t) is None for t in targets):
         raise _fail("targets is not a list of target strings")
     blobs = man["blobs"]
@@ -375,9 +398,9 @@ def _check_tiling(kernels: list[dict[str, Any]], columns: Columns, blob_lens: li
         if blob >= len(blob_lens) or off != pos[blob]:
             h, name = _file_at(kernels, i)
             if blob >= len(blob_lens):
-                raise _fail(f"kernel {h}: file {name!r} points at blob {blob}, which does not exist")
+                raise _fail(f"kernel {h}: file {shown(name)} points at blob {blob}, which does not exist")
             kind = "overlaps another file" if off < pos[blob] else "leaves a gap before it"
-            raise _fail(f"kernel {h}: file {name!r} at blob {blob} offset {off} {kind}")
+            raise _fail(f"kernel {h}: file {shown(name)} at blob {blob} offset {off} {kind}")
         pos[blob] = off + size
     for i, (end, size) in enumerate(zip(pos, blob_lens)):
         if end != size:
@@ -407,16 +430,23 @@ def decode(data: Buffer) -> TritonBundle:
     """Verify ``data`` completely, then build the :class:`TritonBundle`.
     Payloads are read-only views into the unpacked blobs (no copies)."""
     try:
-        u = core.backend.unpack_begin(data, packing.DEFAULT_MAX_ENTRY, packing.DEFAULT_MAX_TOTAL)
+        u = core.backend.unpack_begin(data, packing.DEFAULT_MAX_ENTRY, raw_limit(len(data)))
         names = _entry_names(u.names)
-        head = min(2, len(names))
-        u.run(0, head, 1)
     except BundleFormatError as e:
         raise BundleFormatError(f"bad bundle container: {e}") from None
     if len(names) < 2 or names[0] != HEADER_NAME or names[1] != KERNELS_NAME:
         raise BundleFormatError(
             f"not a kernel bundle: the container does not start with {HEADER_NAME} and {KERNELS_NAME}"
         )
+    # the two JSON entries' sizes, before either is unpacked or parsed
+    for view, name, limit in ((u.views[0], HEADER_NAME, MAX_HEADER_BYTES), (u.views[1], KERNELS_NAME, MAX_TABLE_BYTES)):
+        if len(view) > limit:
+            raise _fail(f"{name} unpacks to {len(view)} bytes, over the {limit}-byte limit")
+    head = 2
+    try:
+        u.run(0, head, 1)
+    except BundleFormatError as e:
+        raise BundleFormatError(f"bad bundle container: {e}") from None
     # The blobs are decompressed and verified on the C worker pool while Python
     # checks the kernel table and builds the bundle around views of where
     # they land. Nothing is returned before every blob is verified, and a
@@ -442,15 +472,15 @@ def _build(u: Any, names: list[str]) -> tuple[TritonBundle, memoryview]:
     header = parse_header(u.views[0])
     kernels_raw = u.views[1]
     blobs = u.views[2:]
-    if names[2:] != [f"{BLOB_PREFIX}{i}" for i in range(len(header["blobs"]))]:
-        raise _fail(f"entries {names[2:10]} do not match the {len(header['blobs'])} blobs the header lists")
+    if len(names) - 2 != len(header["blobs"]) or names[2:] != [f"{BLOB_PREFIX}{i}" for i in range(len(names) - 2)]:
+        raise _fail(f"entries {_some(names[2:])} do not match the {len(header['blobs'])} blobs the header lists")
     for i, (want, blob) in enumerate(zip(header["blobs"], blobs)):
         if len(blob) != want:
             raise _fail(f"blob {i} holds {len(blob)} bytes, the header says {want}")
     kernels, columns = parse_kernels(kernels_raw, header["blobs"])
     targets = sorted({k["target"] for k in kernels if k["target"]})
     if header["targets"] != targets:
-        raise _fail(f"header targets {header['targets']} differ from the kernels' targets {targets}")
+        raise _fail(f"header targets {_some(header['targets'])} differ from the kernels' targets {_some(targets)}")
 
     # the kernel and artifact objects are built on first use (model.KernelRow)
     bundle = TritonBundle(None, header["triton_version"], header["pyruntime_version"],  # type: ignore[arg-type]
@@ -461,19 +491,71 @@ def _build(u: Any, names: list[str]) -> tuple[TritonBundle, memoryview]:
     return bundle, kernels_raw
 
 
-def read_file(path: str | os.PathLike[str]) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
+def raw_limit(file_size: int) -> int:
+    """The most unpacked bytes a bundle file of ``file_size`` bytes may
+    declare (:data:`~pyruntime.bundle.rules.MAX_EXPANSION` times its size,
+    at most :data:`~pyruntime.bundle.rules.MAX_RAW_BYTES`)."""
+    return min(MAX_RAW_BYTES, MAX_EXPANSION * file_size + MAX_HEADER_BYTES)
+
+
+def read_file(path: str | os.PathLike[str]) -> bytearray:
+    """The bytes of the bundle file at ``path``: only a regular file (a
+    symlink to one is followed), its size checked against
+    :data:`~pyruntime.bundle.rules.MAX_BUNDLE_BYTES` and its first bytes
+    against the container's magic before the rest is read. Raises
+    :class:`BundleFormatError` for anything that is not
+    a bundle, :class:`OSError` when it cannot be read."""
+    where = os.fspath(path)
+    fd = os.open(where, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0))  # a FIFO must not block
+    with open(fd, "rb", buffering=0) as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise BundleFormatError(f"not a regular file ({_file_kind(st.st_mode)}), so not a bundle")
+        if st.st_size > MAX_BUNDLE_BYTES:
+            raise BundleFormatError(f"{st.st_size} bytes, over the {MAX_BUNDLE_BYTES}-byte bundle limit")
+        head = f.read(len(PACK_MAGIC))
+        if head != PACK_MAGIC:
+            raise BundleFormatError("not a bundle: bad magic (a bundle starts with the pack container's b'PRTP')")
+        data = bytearray(st.st_size + 1)  # one byte more: a file that grew meanwhile is refused
+        data[:len(head)] = head
+        view = memoryview(data)
+        got = len(head)
+        while got < len(data):
+            n = f.readinto(view[got:])
+            if not n:
+                break
+            got += n
+        view.release()
+        if got != st.st_size:
+            raise BundleFormatError("changed size while it was read")
+        del data[got:]
+        return data
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a regular file"
 
 
 def load(path: str | os.PathLike[str]) -> TritonBundle:
     """Read and verify the bundle file at ``path``; a
     :class:`BundleFormatError` names the file and the problem."""
-    data = read_file(path)
     try:
-        return decode(data)
+        return decode(read_file(path))
     except BundleFormatError as e:
         raise BundleFormatError(f"{os.fspath(path)}: {e}") from None
+    except (MemoryError, RecursionError) as e:
+        raise BundleFormatError(f"{os.fspath(path)}: {exhausted(e)}") from None
+
+
+def exhausted(e: BaseException) -> str:
+    """A bundle that ran this process out of memory or stack while being
+    verified, in one line (the limits keep a valid bundle far from both)."""
+    what = "memory" if isinstance(e, MemoryError) else "stack"
+    return f"out of {what} while verifying it (refused)"
 
 
 def describe(data: Buffer) -> dict[str, Any]:

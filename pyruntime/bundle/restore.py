@@ -64,7 +64,7 @@ from typing import Callable, Sequence
 from .. import config as _env
 from .. import core
 from ..core.twin import FileTable, KernelJob, Swap
-from ..errors import BundleCompatibilityError
+from ..errors import BundleCompatibilityError, BundleFormatError
 from .compat import (
     MismatchPolicy,
     abi_reason,
@@ -76,7 +76,15 @@ from .compat import (
     triton_cache_dir,
 )
 from .model import KernelRow, RestoreResult, TritonBundle, check_bundle, decoded_table, is_checked, kernel_rows
-from .rules import REPLACE_SENTINEL, TMP_PREFIX, check_target, kernel_names_in
+from .rules import (
+    MAX_JSON_FILE_BYTES,
+    MAX_SENTINEL_GROWTH,
+    REPLACE_SENTINEL,
+    TMP_PREFIX,
+    check_target,
+    kernel_names_in,
+    shown,
+)
 
 log = logging.getLogger(__name__)
 
@@ -256,6 +264,38 @@ def _sentinel_swap(root: str) -> Swap:
     return REPLACE_SENTINEL, prefix.encode("ascii")
 
 
+def check_sentinel_growth(table: FileTable, jobs: list[KernelJob], prefix_len: dict[str, int]) -> None:
+    """Refuse, before anything is written, a restore whose ``[REPLACE]``
+    sentinels would grow one ``.json`` file past
+    :data:`~pyruntime.bundle.rules.MAX_JSON_FILE_BYTES` or all of them by
+    more than :data:`~pyruntime.bundle.rules.MAX_SENTINEL_GROWTH` (a small
+    bundle packing millions of sentinels would otherwise write gigabytes).
+    ``prefix_len`` is the longest replacement (per cache root: the kernel
+    directory, without the kernel's own name, which is at most 128 bytes)."""
+    longest = max(prefix_len.values(), default=0) + 128
+    grow = max(0, longest - len(REPLACE_SENTINEL))
+    total = 0
+    for _tmp, final, first, count in jobs:
+        for i in range(first, first + count):
+            name = table.names[i]
+            if not name.endswith(".json"):
+                continue
+            size = table.sizes[i]
+            if size > MAX_JSON_FILE_BYTES:
+                raise BundleFormatError(f"kernel {final}: {shown(name)} is {size} bytes, over the "
+                                        f"{MAX_JSON_FILE_BYTES}-byte limit for a .json kernel file")
+            off = table.offs[i]
+            n = bytes(table.blobs[table.blob_of[i]][off:off + size]).count(REPLACE_SENTINEL)
+            if size + n * grow > MAX_JSON_FILE_BYTES:
+                raise BundleFormatError(f"kernel {final}: {shown(name)} would be {size + n * grow} bytes once its "
+                                        f"{n} [REPLACE] sentinels are expanded, over the "
+                                        f"{MAX_JSON_FILE_BYTES}-byte limit; nothing was written")
+            total += n * grow
+    if total > MAX_SENTINEL_GROWTH:
+        raise BundleFormatError(f"the bundle's [REPLACE] sentinels would add {total} bytes in all, over the "
+                                f"{MAX_SENTINEL_GROWTH}-byte limit; nothing was written")
+
+
 def restore(
     bundle: TritonBundle,
     cache_dir: str | os.PathLike[str] | None = None,
@@ -332,6 +372,9 @@ def restore(
     hook = _after_file_hook
     backend = core.twin if hook is not None else core.backend
     table = _file_table(bundle, checked) if jobs else None
+    if table is not None:  # before the first byte is written
+        check_sentinel_growth(table, [j for todo_here in jobs.values() for _, j in todo_here],
+                              {root: len(_sentinel_swap(root)[1]) for root in jobs})
     for root, todo_here in jobs.items():
         threads = max(1, min(_env.io_threads(), len(todo_here) // KERNELS_PER_THREAD))
         done = backend.write_kernels(root, table, [j for _, j in todo_here], threads, do_fsync,

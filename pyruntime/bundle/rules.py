@@ -17,6 +17,49 @@ from ..errors import BundleFormatError
 
 REPLACE_SENTINEL = b"[REPLACE]"
 
+# --------------------------------------------------------------------------
+# limits: what a reader accepts at most, checked before the work they bound
+# starts (docs/FORMAT.md, "Limits"), so that time, memory and disk stay
+# proportional to the file and these numbers whatever the file says
+
+#: Largest bundle file read (its size is checked before a byte is read).
+MAX_BUNDLE_BYTES = 4 << 30
+#: Largest total of unpacked bytes, and at most this many times the file's
+#: size: LZ4 can declare 255x, real kernels compress 3-10x.
+MAX_RAW_BYTES = 8 << 30
+MAX_EXPANSION = 64
+#: Largest ``header.json`` and ``kernels.json`` (unpacked), checked before
+#: either is unpacked or parsed; parsed JSON costs up to ~20x its text.
+MAX_HEADER_BYTES = 1 << 20
+MAX_TABLE_BYTES = 16 << 20
+#: Most targets a header may list.
+MAX_TARGETS = 4096
+#: Largest kernel file (the pack container's per-entry limit).
+MAX_ARTIFACT_BYTES = 1 << 30
+#: Largest ``.json`` kernel file once ``[REPLACE]`` became the kernel's
+#: directory, and the most the sentinels of one restore may add in all
+#: (besides, never more than the bundle's own unpacked bytes).
+MAX_JSON_FILE_BYTES = 16 << 20
+MAX_SENTINEL_GROWTH = 64 << 20
+
+#: Characters of a hostile value quoted in a message.
+SHOWN = 64
+
+
+def shown(value: object) -> str:
+    """``value`` for an error message: its repr cut to :data:`SHOWN`
+    characters, in time and memory that do not grow with it."""
+    if isinstance(value, (str, bytes, bytearray)):
+        text = repr(value[:SHOWN])
+        return text + ("..." if len(value) > SHOWN else "")
+    if isinstance(value, (list, tuple, dict, set, frozenset)):
+        return f"a {type(value).__name__} of {len(value)} items"
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= SHOWN else text[:SHOWN] + "..."
+
+
 #: Prefix of in-flight restore and compile directories (ours and Triton's):
 #: never a kernel, always litter once its writer is gone.
 TMP_PREFIX = "tmp."
@@ -52,10 +95,6 @@ MAX_FILE_NAME = 255
 _SKIP_FILES = frozenset({"lock"})
 
 
-#: The pack container's per-entry limit, and so the largest kernel file.
-MAX_ARTIFACT_BYTES = 1 << 30
-
-
 
 def check_kernel_hash(kernel_hash: object) -> str:
     """Return ``kernel_hash`` if it is a safe cache directory name, else raise
@@ -64,7 +103,7 @@ def check_kernel_hash(kernel_hash: object) -> str:
         raise BundleFormatError(f"kernel hash must be a string, not {type(kernel_hash).__name__}")
     if not _HASH_RE.fullmatch(kernel_hash) or kernel_hash.startswith("tmp."):
         raise BundleFormatError(
-            f"kernel hash {kernel_hash!r} is not a plain directory name "
+            f"kernel hash {shown(kernel_hash)} is not a plain directory name "
             "(1-128 of A-Z a-z 0-9 _ - ., not starting with '.' or 'tmp.')"
         )
     return kernel_hash
@@ -90,12 +129,12 @@ def check_file_name(name: object, kernel_hash: str = "?") -> str:
         or name in _SKIP_FILES
     )
     if bad:
-        raise BundleFormatError(f"kernel {kernel_hash}: {name!r} is not a plain file name")
+        raise BundleFormatError(f"kernel {kernel_hash}: {shown(name)} is not a plain file name")
     try:
         if len(name.encode("utf-8")) > MAX_FILE_NAME:
-            raise BundleFormatError(f"kernel {kernel_hash}: file name {name[:40]!r}... is over {MAX_FILE_NAME} bytes")
+            raise BundleFormatError(f"kernel {kernel_hash}: file name {shown(name)} is over {MAX_FILE_NAME} bytes")
     except UnicodeEncodeError:
-        raise BundleFormatError(f"kernel {kernel_hash}: file name {name!r} is not valid UTF-8") from None
+        raise BundleFormatError(f"kernel {kernel_hash}: file name {shown(name)} is not valid UTF-8") from None
     return name
 
 
@@ -103,7 +142,7 @@ def check_target(target: object) -> str | None:
     if target is None:
         return None
     if not isinstance(target, str) or not target or len(target) > 64 or not target.isprintable():
-        raise BundleFormatError(f"target {target!r} is not a short printable string like 'cuda:90'")
+        raise BundleFormatError(f"target {shown(target)} is not a short printable string like 'cuda:90'")
     return target
 
 
@@ -117,7 +156,7 @@ def check_abi(abi: object) -> str | None:
         return None
     if not isinstance(abi, str) or not _ABI_RE.fullmatch(abi):
         raise BundleFormatError(
-            f"triton_abi {abi!r} is not an ABI tag like 'cpython-312-x86_64-linux-gnu' (1-64 of A-Z a-z 0-9 _ - .)"
+            f"triton_abi {shown(abi)} is not an ABI tag like 'cpython-312-x86_64-linux-gnu' (1-64 of A-Z a-z 0-9 _ - .)"
         )
     return abi
 
@@ -126,7 +165,7 @@ def check_version(version: object, what: str) -> str | None:
     if version is None:
         return None
     if not isinstance(version, str) or not version or len(version) > 128 or not version.isprintable():
-        raise BundleFormatError(f"{what} {version!r} is not a short printable string")
+        raise BundleFormatError(f"{what} {shown(version)} is not a short printable string")
     return version
 
 
