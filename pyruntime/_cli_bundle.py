@@ -26,6 +26,7 @@ bundle as a mismatch under ``--on-mismatch``, like another Triton version.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -129,6 +130,8 @@ def _verified(path: str, fn: Any = None) -> tuple[Any, int]:
     except (MemoryError, RecursionError) as e:
         raise _InvalidBundle(f"{path}: {exhausted(e)}") from None
     except OSError as e:
+        if e.errno == errno.ENOMEM:
+            raise _InvalidBundle(f"{path}: {exhausted(e)}") from None
         raise UserError(f"{path}: cannot read it ({e.strerror or e})") from None
 
 

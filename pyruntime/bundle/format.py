@@ -45,6 +45,7 @@ docs/FORMAT.md, "Bundle file".
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -68,6 +69,7 @@ from .model import (
 from .rules import (
     MAX_BUNDLE_BYTES,
     MAX_EXPANSION,
+    MAX_DEVICE,
     MAX_HEADER_BYTES,
     MAX_RAW_BYTES,
     MAX_TABLE_BYTES,
@@ -257,7 +259,11 @@ def _some(names: Any) -> str:
 
 
 def _is_uint(v: Any) -> bool:
-    return type(v) is int and v >= 0
+    return type(v) is int and 0 <= v < 1 << 64
+
+
+def _is_device(v: Any) -> bool:
+    return type(v) is int and 0 <= v <= MAX_DEVICE
 
 
 # one decoder for every parse: json.loads with a hook builds a new one per call
@@ -326,8 +332,8 @@ def _check_kernels(kernels: list[Any]) -> None:
         if h in seen_hashes:
             raise _fail(f"kernel {h} appears twice")
         seen_hashes.add(h)
-        if not _is_uint(k["device"]):
-            raise _fail(f"kernel {h}: device is not a non-negative integer")
+        if not _is_device(k["device"]):
+            raise _fail(f"kernel {h}: device {shown(k['device'])} is not an integer from 0 to {MAX_DEVICE}")
         check_target(k["target"])
         check_version(k["triton_version"], f"kernel {h}: triton_version")
         files = k["files"]
@@ -352,7 +358,7 @@ def _columns_if_plain(kernels: list[Any], blob_lens: list[int]) -> Columns | Non
     try:
         for k in kernels:
             if type(k) is not dict or k.keys() != _KERNEL_KEYS or type(k["files"]) is not list \
-                    or not _is_uint(k["device"]):
+                    or not _is_device(k["device"]):
                 return None
             check_target(k["target"])
             check_version(k["triton_version"], "triton_version")
@@ -429,11 +435,13 @@ def _entry_names(raw: list[bytes]) -> list[str]:
 def decode(data: Buffer) -> TritonBundle:
     """Verify ``data`` completely, then build the :class:`TritonBundle`.
     Payloads are read-only views into the unpacked blobs (no copies)."""
+    limit = raw_limit(len(data))
     try:
-        u = core.backend.unpack_begin(data, packing.DEFAULT_MAX_ENTRY, raw_limit(len(data)))
+        u = core.backend.unpack_begin(data, packing.DEFAULT_MAX_ENTRY, limit)
         names = _entry_names(u.names)
     except BundleFormatError as e:
-        raise BundleFormatError(f"bad bundle container: {e}") from None
+        why = f" (unpacked bytes may be at most {MAX_EXPANSION}x the file's size)" if str(limit) in str(e) else ""
+        raise BundleFormatError(f"bad bundle container: {e}{why}") from None
     if len(names) < 2 or names[0] != HEADER_NAME or names[1] != KERNELS_NAME:
         raise BundleFormatError(
             f"not a kernel bundle: the container does not start with {HEADER_NAME} and {KERNELS_NAME}"
@@ -549,12 +557,17 @@ def load(path: str | os.PathLike[str]) -> TritonBundle:
         raise BundleFormatError(f"{os.fspath(path)}: {e}") from None
     except (MemoryError, RecursionError) as e:
         raise BundleFormatError(f"{os.fspath(path)}: {exhausted(e)}") from None
+    except OSError as e:
+        if e.errno != errno.ENOMEM:
+            raise
+        raise BundleFormatError(f"{os.fspath(path)}: {exhausted(e)}") from None
 
 
 def exhausted(e: BaseException) -> str:
-    """A bundle that ran this process out of memory or stack while being
-    verified, in one line (the limits keep a valid bundle far from both)."""
-    what = "memory" if isinstance(e, MemoryError) else "stack"
+    """A bundle that ran this process out of memory (``MemoryError``, or an
+    ``ENOMEM`` from the kernel) or stack while being verified, in one line
+    (the limits keep a valid bundle far from both)."""
+    what = "stack" if isinstance(e, RecursionError) else "memory"
     return f"out of {what} while verifying it (refused)"
 
 

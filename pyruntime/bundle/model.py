@@ -27,7 +27,16 @@ from typing import Any, Callable, Literal, NamedTuple, Union
 from .._version import __version__
 from ..core.twin import FileTable, PackedEntry
 from ..errors import BundleFormatError
-from .rules import check_abi, check_file_name, check_kernel_hash, check_target, check_version, kernel_names_in
+from .rules import (
+    MAX_DEVICE,
+    check_abi,
+    check_file_name,
+    check_kernel_hash,
+    check_target,
+    check_version,
+    kernel_names_in,
+    shown,
+)
 
 Buffer = Union[bytes, bytearray, memoryview]
 MismatchPolicy = Literal["warn", "error", "force"]
@@ -313,8 +322,9 @@ def check_bundle(bundle: TritonBundle) -> None:
         if k.kernel_hash in seen:
             raise BundleFormatError(f"kernel {k.kernel_hash} appears twice")
         seen.add(k.kernel_hash)
-        if not isinstance(k.device, int) or isinstance(k.device, bool) or k.device < 0:
-            raise BundleFormatError(f"kernel {k.kernel_hash}: device {k.device!r} is not a non-negative integer")
+        if not isinstance(k.device, int) or isinstance(k.device, bool) or not 0 <= k.device <= MAX_DEVICE:
+            raise BundleFormatError(f"kernel {k.kernel_hash}: device {shown(k.device)} is not an integer "
+                                    f"from 0 to {MAX_DEVICE}")
         check_target(k.target)
         check_version(k.triton_version, f"kernel {k.kernel_hash}: triton_version")
         names: set[str] = set()

@@ -32,6 +32,8 @@ MAX_EXPANSION = 64
 #: either is unpacked or parsed; parsed JSON costs up to ~20x its text.
 MAX_HEADER_BYTES = 1 << 20
 MAX_TABLE_BYTES = 16 << 20
+#: Highest device index a kernel may name.
+MAX_DEVICE = (1 << 31) - 1
 #: Most targets a header may list.
 MAX_TARGETS = 4096
 #: Largest kernel file (the pack container's per-entry limit).
