@@ -19,7 +19,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-$ROOT/.venv/bin/python}
 TESTS=(test_framing.py test_hashing.py test_packing.py test_fuzz_framing.py test_fuzz_packing.py test_fuzz_table.py
-       test_format_doc.py test_kernel_dirs.py)
+       test_fuzz_decoder.py test_format_doc.py test_kernel_dirs.py)
 start=$(date +%s)
 
 LIBASAN=$(gcc -print-file-name=libasan.so)
@@ -38,7 +38,7 @@ cp -r "$ROOT/csrc" "$SRC/csrc"
 tar -C "$ROOT" --exclude='*.so' --exclude='__pycache__' --exclude='_c.c' -cf - pyruntime | tar -C "$SRC" -xf -
 cp "$ROOT/pyproject.toml" "$SRC/"
 cp "$ROOT/docs/FORMAT.md" "$SRC/docs/"
-cp "$ROOT/tests/conftest.py" "$ROOT/tests/_limits.py" "$ROOT/tests/_trees.py" "$SRC/tests/"
+cp "$ROOT/tests/conftest.py" "$ROOT/tests/_limits.py" "$ROOT/tests/_trees.py" "$ROOT/tests/hostile_bundles.py" "$SRC/tests/"
 for t in "${TESTS[@]}"; do cp "$ROOT/tests/$t" "$SRC/tests/"; done
 
 # control SANITIZER PATTERN CODE: the Python CODE, run in the copy, must
@@ -78,7 +78,7 @@ unset PYRUNTIME_PURE_PYTHON
 
 echo "== positive control: an out-of-bounds read in the module must be caught"
 control AddressSanitizer heap-buffer-overflow '
-from pyruntime import native
+from pyruntime import core as native
 b = native.backend
 src = bytearray(1000)
 dst = bytearray(1500)
@@ -92,7 +92,7 @@ cat >"$SRC/tests/test_zz_sanitized_build.py" <<'EOF'
 import os
 
 import pyruntime
-from pyruntime import native
+from pyruntime import core as native
 
 
 def test_the_c_backend_is_the_sanitized_copy():
@@ -143,7 +143,7 @@ assert "libtsan" in open("/proc/self/maps").read()')
 echo "== positive control: two threads unpacking into the same bytes must be reported"
 control ThreadSanitizer "data race" '
 import os
-from pyruntime import native
+from pyruntime import core as native
 b = native.backend
 data = os.urandom(200_000)  # incompressible: stored, copied with memcpy
 blob = b.pack_stored([(b"e", b.pack_entry(data))])
