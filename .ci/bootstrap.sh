@@ -23,6 +23,21 @@ if ! have_headers; then
   fi
 fi
 
+# redis-server (Debian package) for the store tests and bench; without root
+# or sudo they skip, saying why. moto's S3 server comes with the test extra.
+if ! command -v redis-server >/dev/null && [ ! -x /usr/bin/redis-server ] && [ "${PYRUNTIME_SKIP_REDIS:-0}" != "1" ]; then
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null && SUDO="sudo"
+  if command -v apt-get >/dev/null && { [ "$(id -u)" -eq 0 ] || [ -n "$SUDO" ]; }; then
+    echo "bootstrap: installing redis-server with apt-get (store tests)" >&2
+    $SUDO apt-get update -qq || true
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends redis-server >/dev/null || \
+      echo "bootstrap: could not install redis-server; the redis store tests will be skipped" >&2
+  else
+    echo "bootstrap: redis-server missing and no root/sudo; the redis store tests will be skipped" >&2
+  fi
+fi
+
 if [ ! -x "$VENV/bin/python" ]; then
   echo "bootstrap: creating $VENV" >&2
   "$PYTHON" -m venv "$VENV"

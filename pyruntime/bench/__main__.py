@@ -17,6 +17,11 @@ Suites (``--suite NAME``, repeatable or comma separated; all by default):
   500-kernel bundle into an empty cache.
 - compile: N distinct kernels for cuda:90 with W = 1..cores workers through
   the pool vs ProcessPoolExecutor.map of the same compile function.
+- store: lazy restore through Triton's cache-manager hook (process ready,
+  first lookup) vs load+restore of the whole bundle; ``store pull`` from a
+  local S3-compatible server (and redis) vs reading the file + restore; 50
+  processes pulling one bundle at once (servers started on loopback ports;
+  n/a with the reason when they are not installed).
 
 The Triton cache corpus is built once (see bench/make_corpus.py) and reused.
 A peer that is not installed shows "n/a"; a suite whose modules are missing
@@ -41,7 +46,7 @@ from typing import Any, Sequence
 from . import _common as C
 from . import _report as R
 
-SUITES = ("framing", "pool", "hashing", "packing", "bundle", "compile")
+SUITES = ("framing", "pool", "hashing", "packing", "bundle", "compile", "store")
 
 
 def _suite_list(values: Sequence[str] | None) -> list[str]:
