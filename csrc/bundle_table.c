@@ -9,10 +9,12 @@
  * same way on both backends, and accepts what only it accepts (non-ASCII
  * names). So this must never be laxer than bundle_format's checks.
  *
- *   hash:  1 to 128 of [A-Za-z0-9_.-], not starting with '.' or "tmp.",
+ *   hash:  1 to 128 of [A-Za-z0-9_.-], not starting with '.', not litter,
  *          no two alike
  *   name:  1 to 255 printable ASCII bytes but '/' and '\', not ".", ".."
- *          or "lock", no two alike within a kernel
+ *          or "lock", not litter, no two alike within a kernel
+ *   litter (pyruntime.bundle.rules.is_litter, all `cache clean` removes):
+ *          starting with "tmp." or holding ".tmp.pid_"
  *   files: every range inside its blob, the ranges of each blob tiling it
  *          exactly (no gap, no overlap) */
 #define _GNU_SOURCE
@@ -40,9 +42,16 @@ static int hash_char(unsigned char c)
            c == '_' || c == '-' || c == '.';
 }
 
+/* In-flight or leftover writer state: the cleaner's names, never a kernel's. */
+static int is_litter(const char *p, size_t n)
+{
+    static const char infix[] = ".tmp.pid_";
+    return (n >= 4 && memcmp(p, "tmp.", 4) == 0) || memmem(p, n, infix, sizeof(infix) - 1) != NULL;
+}
+
 static int plain_hash(const char *p, size_t n)
 {
-    if (n == 0 || n > MAX_HASH || p[0] == '.' || (n >= 4 && memcmp(p, "tmp.", 4) == 0))
+    if (n == 0 || n > MAX_HASH || p[0] == '.' || is_litter(p, n))
         return 0;
     for (size_t i = 0; i < n; i++) {
         if (!hash_char((unsigned char)p[i]))
@@ -61,7 +70,7 @@ static int plain_name(const char *p, size_t n)
             return 0;
     }
     return !((n == 1 && p[0] == '.') || (n == 2 && memcmp(p, "..", 2) == 0) ||
-             (n == 4 && memcmp(p, "lock", 4) == 0));
+             (n == 4 && memcmp(p, "lock", 4) == 0) || is_litter(p, n));
 }
 
 /* Split buf[0..len) into exactly n NUL-terminated strings that each pass

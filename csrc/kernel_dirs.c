@@ -12,18 +12,24 @@
  * a few blobs: for a loaded bundle, its unpacked blobs), so no per-file
  * object is built; the [REPLACE] sentinel in .json files is swapped for the
  * kernel's directory here, as the file is written. A kernel is
- * mkdir tmp -> create + write each file -> (fsync files and dir) -> rename
- * onto its final name. The rename is what makes a kernel visible, so a
- * reader never sees a partial one; when the final name already holds a
- * non-empty directory (another process restored it first) the rename fails
- * and the temporary copy is removed. Kernels are independent, so they are
- * spread over threads (parallel.c). */
+ * mkdir tmp + flock it -> create + write each file -> (fsync files and dir)
+ * -> rename onto its final name -> unlock. The rename is what makes a kernel
+ * visible, so a reader never sees a partial one; when the final name already
+ * holds a non-empty directory (another process restored it first) the
+ * rename fails and the temporary copy is removed. A final name held by a
+ * non-directory (a file, FIFO, symlink...) is unlinked first when the caller
+ * asks (replace), else reported. The flock is what tells cleaners
+ * (pyruntime.bundle.restore.clean) that a tmp directory is in use: a pid in
+ * its name says nothing in another PID namespace. Kernels are independent,
+ * so they are spread over threads (parallel.c). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <limits.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -37,6 +43,7 @@ typedef struct {
     const char *const *job_names;   /* per job: tmp name, final name */
     prt_kernel_job *jobs;
     int do_fsync;
+    int replace;                    /* unlink a non-directory holding a final name */
 } write_ctx;
 
 static int io_fail(prt_err *err, int e, const char *root, const char *dir,
@@ -144,9 +151,9 @@ static int write_one(const write_ctx *c, int dir_fd, prt_kernel_job *job, const 
     return 0;
 }
 
-/* Best effort: the files this call created, then the directory. What
- * cannot be removed is tmp.* litter the next restore or `cache clean`
- * removes. */
+/* Best effort: the files this call created, then the directory (still
+ * locked: no cleaner works on it meanwhile). What cannot be removed is
+ * tmp.* litter the next restore or `cache clean` removes. */
 static void remove_tmp(const write_ctx *c, int dir_fd, const prt_kernel_job *job,
                        const char *tmp_name, uint64_t created)
 {
@@ -155,25 +162,145 @@ static void remove_tmp(const write_ctx *c, int dir_fd, const prt_kernel_job *job
     (void)unlinkat(c->root_fd, tmp_name, AT_REMOVEDIR);
 }
 
-static int lost_race(int e)
+/* Times a tmp directory is made again under another name because a
+ * cleaner took it between its mkdir and its flock, and times a kernel's
+ * name is freed of a non-directory before its rename is given up. */
+#define MAX_TMP_ATTEMPTS 8
+#define MAX_PLACE_ATTEMPTS 4
+
+/* Take the flock that marks fd's directory as in use: 0 taken (or the file
+ * system has no locks: cleaners then go by age), 1 a cleaner holds it,
+ * else -errno. */
+static int lock_dir(int fd)
 {
-    return e == ENOTEMPTY || e == EEXIST || e == ENOTDIR || e == EISDIR;
+    for (;;) {
+        if (flock(fd, LOCK_EX | LOCK_NB) == 0)
+            return 0;
+        if (errno == EINTR)
+            continue;
+        if (errno == EWOULDBLOCK)
+            return 1;
+        if (errno == ENOLCK || errno == EOPNOTSUPP || errno == ENOSYS)
+            return 0;
+        return -errno;
+    }
+}
+
+/* *same: whether `name` under root_fd is still the directory open as fd (a
+ * cleaner that took it before our flock has removed it). */
+static int still_named(int root_fd, const char *name, int fd, int *same)
+{
+    struct stat mine, named;
+    if (fstat(fd, &mine) != 0)
+        return -errno;
+    if (fstatat(root_fd, name, &named, AT_SYMLINK_NOFOLLOW) != 0) {
+        if (errno != ENOENT)
+            return -errno;
+        *same = 0;
+        return 0;
+    }
+    *same = mine.st_dev == named.st_dev && mine.st_ino == named.st_ino;
+    return 0;
+}
+
+/* mkdir, open and lock `name` under root: 0 with *dir_fd (locked until it
+ * is closed), 1 when a cleaner took the directory first (try another
+ * name), else a negative error. */
+static int open_locked_dir(const write_ctx *c, const char *name, int *dir_fd, prt_err *err)
+{
+    if (mkdirat(c->root_fd, name, 0777) != 0)
+        return io_fail(err, errno, c->root, name, NULL, "mkdir");
+    int fd = openat(c->root_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        int e = errno;
+        if (e == ENOENT)
+            return 1;
+        (void)unlinkat(c->root_fd, name, AT_REMOVEDIR);
+        return io_fail(err, e, c->root, name, NULL, "open");
+    }
+    int same = 0;
+    int rc = lock_dir(fd);
+    if (rc == 0)
+        rc = still_named(c->root_fd, name, fd, &same);
+    if (rc < 0) {
+        close(fd);
+        (void)unlinkat(c->root_fd, name, AT_REMOVEDIR);
+        return io_fail(err, -rc, c->root, name, NULL, "lock");
+    }
+    if (rc == 1 || !same) {
+        close(fd);  /* the cleaner removes it */
+        return 1;
+    }
+    *dir_fd = fd;
+    return 0;
+}
+
+/* Make the job's tmp directory, locked: base_name, else base_name r1, r2, ...
+ * while cleaners take them. */
+static int make_tmp_dir(const write_ctx *c, const char *base_name, char *name, size_t cap,
+                        int *dir_fd, prt_err *err)
+{
+    for (unsigned attempt = 0; attempt < MAX_TMP_ATTEMPTS; attempt++) {
+        int n = attempt == 0 ? snprintf(name, cap, "%s", base_name)
+                             : snprintf(name, cap, "%sr%u", base_name, attempt);
+        if (n < 0 || (size_t)n >= cap)
+            return prt_fail(err, -ENAMETOOLONG, "tmp name %.64s is too long", base_name);
+        int rc = open_locked_dir(c, name, dir_fd, err);
+        if (rc != 1)
+            return rc;
+    }
+    return prt_fail(err, -EAGAIN, "mkdir %s/%s: taken by a cache cleaner %d times", c->root,
+                    base_name, MAX_TMP_ATTEMPTS);
+}
+
+/* Rename the complete tmp directory onto final_name. A directory with files
+ * there: another restorer was first (PRESENT). A non-directory there (ENOTDIR:
+ * a file, FIFO, socket, device or symlink, never followed): with replace it
+ * is unlinked and the rename tried again; unlinkat without AT_REMOVEDIR
+ * never removes a directory, so a kernel another restorer renamed there
+ * meanwhile stays and wins. */
+static int place_kernel(const write_ctx *c, const char *tmp_name, const char *final_name,
+                        prt_kernel_job *job, prt_err *err)
+{
+    int unlinked = 0;
+    for (int attempt = 1;; attempt++) {
+        if (renameat(c->root_fd, tmp_name, c->root_fd, final_name) == 0) {
+            job->outcome = unlinked ? PRT_KERNEL_REPLACED : PRT_KERNEL_RENAMED;
+            return 0;
+        }
+        int e = errno;
+        if (e == ENOTEMPTY || e == EEXIST) {
+            job->outcome = PRT_KERNEL_PRESENT;
+            return 0;
+        }
+        if (e != ENOTDIR)
+            return io_fail(err, e, c->root, final_name, NULL, "rename onto");
+        job->outcome = PRT_KERNEL_BLOCKED;
+        if (!c->replace)
+            return 0;
+        if (attempt == MAX_PLACE_ATTEMPTS) {
+            job->err_no = EAGAIN;  /* something keeps putting a non-directory there */
+            return 0;
+        }
+        if (unlinkat(c->root_fd, final_name, 0) == 0) {
+            unlinked = 1;
+        } else if (errno != ENOENT && errno != EISDIR) {
+            job->err_no = errno;
+            return 0;
+        }
+    }
 }
 
 static int write_kernel(void *arg, size_t k, prt_err *err)
 {
     const write_ctx *c = arg;
     prt_kernel_job *job = &c->jobs[k];
-    const char *tmp_name = c->job_names[2 * k], *final_name = c->job_names[2 * k + 1];
-    if (mkdirat(c->root_fd, tmp_name, 0777) != 0)
-        return io_fail(err, errno, c->root, tmp_name, NULL, "mkdir");
-    int dir_fd = openat(c->root_fd, tmp_name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dir_fd < 0) {
-        int rc = io_fail(err, errno, c->root, tmp_name, NULL, "open");
-        (void)unlinkat(c->root_fd, tmp_name, AT_REMOVEDIR);
+    const char *final_name = c->job_names[2 * k + 1];
+    char tmp_name[NAME_MAX + 1];
+    int dir_fd = -1;
+    int rc = make_tmp_dir(c, c->job_names[2 * k], tmp_name, sizeof(tmp_name), &dir_fd, err);
+    if (rc != 0)
         return rc;
-    }
-    int rc = 0;
     uint64_t created = 0;
     for (uint64_t i = 0; i < job->nfiles && rc == 0; i++) {
         int made = 0;
@@ -182,20 +309,13 @@ static int write_kernel(void *arg, size_t k, prt_err *err)
     }
     if (rc == 0 && c->do_fsync && fsync(dir_fd) != 0)
         rc = io_fail(err, errno, c->root, tmp_name, NULL, "fsync");
-    if (rc == 0) {
-        if (renameat(c->root_fd, tmp_name, c->root_fd, final_name) == 0) {
-            job->renamed = 1;
-        } else if (lost_race(errno)) {
-            job->renamed = 0;  /* another restorer put this kernel in place first */
-        } else {
-            rc = io_fail(err, errno, c->root, final_name, NULL, "rename onto");
-        }
-    }
-    if (job->renamed != 1) {
+    if (rc == 0)
+        rc = place_kernel(c, tmp_name, final_name, job, err);
+    if (job->outcome != PRT_KERNEL_RENAMED && job->outcome != PRT_KERNEL_REPLACED) {
         remove_tmp(c, dir_fd, job, tmp_name, created);
         job->bytes = 0;  /* none of them landed */
     }
-    close(dir_fd);
+    close(dir_fd);  /* releases the lock, once the directory is renamed or removed */
     return rc;
 }
 
@@ -240,10 +360,11 @@ static int check_table(const prt_file_table *t, const prt_kernel_job *jobs, size
 int prt_write_kernels(prt_pool *pool, const char *root, const prt_file_table *table,
                       const char *job_names, size_t job_names_len,
                       prt_kernel_job *jobs, size_t njobs,
-                      unsigned nthreads, int do_fsync, prt_err *err)
+                      unsigned nthreads, int do_fsync, int replace, prt_err *err)
 {
     for (size_t k = 0; k < njobs; k++) {
-        jobs[k].renamed = -1;  /* not attempted (yet) */
+        jobs[k].outcome = PRT_KERNEL_NOT_TRIED;
+        jobs[k].err_no = 0;
         jobs[k].bytes = 0;
     }
     int rc = check_table(table, jobs, njobs, err);
@@ -268,7 +389,7 @@ int prt_write_kernels(prt_pool *pool, const char *root, const prt_file_table *ta
         free(names);
         return prt_fail(err, -e, "open %s: %s", root, strerror_r(e, buf, sizeof(buf)));
     }
-    write_ctx c = {root_fd, root, table, names, names + table->nfiles, jobs, do_fsync};
+    write_ctx c = {root_fd, root, table, names, names + table->nfiles, jobs, do_fsync, replace != 0};
     rc = prt_parallel_for(pool, njobs, nthreads, write_kernel, &c, err);
     close(root_fd);
     free(names);

@@ -3,7 +3,7 @@
  * Every int-returning function follows one contract: 0 on success, or a
  * negative value that is either -errno or one of the PRT_E_* statuses. */
 
-#define PRT_ABI_VERSION 7
+#define PRT_ABI_VERSION 8
 #define PRT_FRAME_HEADER_SIZE 32
 #define PRT_PACK_HEADER_SIZE 32
 #define PRT_HEX128_LEN 33
@@ -157,20 +157,37 @@ typedef struct {
     size_t prefix_len;
 } prt_file_table;
 
+/* What became of a kernel (prt_kernel_job.outcome). */
+#define PRT_KERNEL_NOT_TRIED -1
+#define PRT_KERNEL_PRESENT 0   /* a directory with files holds its name (another
+                                  restorer was first): the copy is dropped */
+#define PRT_KERNEL_RENAMED 1   /* renamed into place (onto nothing or an empty
+                                  directory) */
+#define PRT_KERNEL_REPLACED 2  /* renamed into place after unlinking the
+                                  non-directory that held its name */
+#define PRT_KERNEL_BLOCKED 3   /* a non-directory (file, FIFO, socket, device,
+                                  symlink) holds its name and was left there:
+                                  replace was 0, or unlinking it failed (err_no) */
+
 typedef struct {
     uint64_t first;                /* files first .. first + nfiles - 1 of the table */
     uint64_t nfiles;
-    int renamed;                   /* out: 1 renamed into place, 0 another restorer
-                                      was first, -1 not attempted */
+    int outcome;                   /* out: PRT_KERNEL_* */
+    int err_no;                    /* out: with PRT_KERNEL_BLOCKED, why the
+                                      non-directory could not be unlinked (0:
+                                      replace was 0) */
     uint64_t bytes;                /* out: bytes written (after sentinel swaps) */
 } prt_kernel_job;
 
 /* job_names: per job its tmp name then its final name, NUL-terminated,
- * back to back (both plain names under root). */
+ * back to back (both plain names under root). Each tmp directory is held
+ * under an flock from its mkdir until it is renamed or removed. replace: 1
+ * unlinks a non-directory holding a final name (never following a symlink)
+ * and renames the kernel onto it, 0 leaves it (PRT_KERNEL_BLOCKED). */
 int prt_write_kernels(prt_pool *pool, const char *root, const prt_file_table *table,
                       const char *job_names, size_t job_names_len,
                       prt_kernel_job *jobs, size_t njobs,
-                      unsigned nthreads, int do_fsync, prt_err *err);
+                      unsigned nthreads, int do_fsync, int replace, prt_err *err);
 /* names[i] NULL: slot i is left to the caller. */
 int prt_read_files(const char *dir, uint32_t n, const char *const *names,
                    const uint64_t *offsets, const uint64_t *sizes,

@@ -3,7 +3,8 @@
 ::
 
     bundle create  --cache-dir DIR -o FILE [--kernel HASH ...]
-    bundle restore FILE [--cache-dir DIR] [--target cuda:90] [--on-mismatch warn|error|force] [--fsync]
+    bundle restore FILE [--cache-dir DIR] [--target cuda:90] [--on-mismatch warn|error|force]
+                   [--on-conflict replace|error|skip] [--fsync]
     bundle inspect FILE [--json]
     bundle verify  FILE
     cache hash  DIR
@@ -14,8 +15,17 @@ when the file is not a valid bundle (corrupt, truncated, over a limit, not
 a regular file, or verifying it ran out of memory) and 2 when it cannot be
 read at all (missing, no permission, an I/O error); every other failure of
 ``bundle``/``cache`` commands (including a bundle for another Triton under
-``--on-mismatch error``) exits 2. Each failure prints one line naming the
-file and the problem, never a traceback.
+``--on-mismatch error``, and kernel paths held by non-directories under
+``--on-conflict error``) exits 2. ``bundle restore`` exits 3 when it wrote
+what it could but some kernel paths are held by something that is not a
+kernel directory (a file, FIFO, socket, device or symlink) that it could
+not replace (``--on-conflict replace``, the default: e.g. no permission to
+remove it); under ``--on-conflict skip`` leaving them is what was asked, and
+it exits 0. Each failure prints one line naming the file and the problem,
+never a traceback; ``bundle restore`` also prints one line per such kernel
+(``replaced HASH: ...`` on stdout, ``blocked HASH: ...`` on stderr), and
+``cache clean`` one per kernel-named entry that is not a directory
+(``blocked PATH: ...``, left for a restore to replace).
 
 ``bundle inspect`` shows the bundle's Python ABI (``triton_abi``: the
 Python that collected it, whose Triton wheel made the kernels' cache keys)
@@ -57,6 +67,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--on-mismatch", choices=("warn", "error", "force"), default=None,
                    help="kernels for another Triton version, Python ABI or target: warn and skip (default), "
                         "error (write nothing), force (write anyway)")
+    p.add_argument("--on-conflict", choices=("replace", "error", "skip"), default=None,
+                   help="a kernel path held by something that is not a kernel directory (file, FIFO, "
+                        "symlink...): replace it (default; $PYRUNTIME_RESTORE_ON_CONFLICT), error (write "
+                        "nothing), skip (leave it, report it)")
     p.add_argument("--fsync", action="store_true", default=None, help="fsync files and directories")
     p.set_defaults(handler=_restore)
 
@@ -75,11 +89,14 @@ def register(subparsers: Any) -> None:
     p = csub.add_parser("hash", help="print the directory digest (XXH3-128, docs/FORMAT.md)")
     p.add_argument("dir", metavar="DIR")
     p.set_defaults(handler=_hash)
-    p = csub.add_parser("clean", help="remove tmp.* litter of dead or old restores and compiles")
+    p = csub.add_parser("clean", help="remove tmp.* litter of dead restores and old compiles")
     p.add_argument("dir", metavar="DIR")
     p.add_argument("--max-age", type=float, default=None, metavar="SECONDS",
-                   help="also remove tmp.* entries older than this (default 3600)")
-    p.add_argument("--all", action="store_true", help="remove every tmp.* (nothing may be running)")
+                   help="also remove tmp.* entries no running restore holds locked once older than this "
+                        "(default 3600; Triton's are never locked)")
+    p.add_argument("--all", action="store_true",
+                   help="remove every tmp.* no running restore holds locked, whatever its age "
+                        "(no compile may be running)")
     p.add_argument("--dry-run", action="store_true", help="list what would be removed")
     p.set_defaults(handler=_clean)
 
@@ -185,7 +202,8 @@ def _create(args: argparse.Namespace) -> int:
 
 def _restore(args: argparse.Namespace) -> int:
     from .bundle.compat import triton_cache_dir
-    from .errors import BundleCompatibilityError
+    from .bundle.restore import conflict_policy
+    from .errors import BundleCompatibilityError, KernelPathConflictError
 
     bundle, _ = _load(args.file)
     cache_dir = args.cache_dir or triton_cache_dir(0)
@@ -196,21 +214,39 @@ def _restore(args: argparse.Namespace) -> int:
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # reported below instead
-            result = bundle.restore(cache_dir, on_mismatch=args.on_mismatch, target=args.target, fsync=args.fsync)
+            result = bundle.restore(cache_dir, on_mismatch=args.on_mismatch, target=args.target, fsync=args.fsync,
+                                    on_conflict=args.on_conflict)
     except BundleCompatibilityError as e:
         raise UserError(f"{args.file}: {e}") from None
     except BundleFormatError as e:
         raise UserError(f"{args.file}: {e}") from None
+    except KernelPathConflictError as e:
+        for h, what in e.blocked.items():
+            print(f"  blocked {h}: {what}", file=sys.stderr)
+        raise UserError(f"{args.file}: {e}") from None
     print(f"restored {len(result.restored)} kernels ({result.files_written} files, "
           f"{_human(result.bytes_written)}) into {cache_dir}; "
-          f"{len(result.existing)} already present; {len(result.incompatible)} skipped")
+          f"{len(result.existing)} already present; {len(result.incompatible)} skipped; "
+          f"{len(result.replaced)} replaced; {len(result.blocked)} blocked")
     if result.message:
         print(f"warning: {result.message}", file=sys.stderr)
     for h, reason in result.incompatible.items():
         print(f"  skipped {h}: {reason}", file=sys.stderr)
+    for h, what in result.replaced.items():
+        print(f"  replaced {h}: {what} held its path")
+    for h, what in result.blocked.items():
+        print(f"  blocked {h}: {what}", file=sys.stderr)
     if result.stale_removed:
-        print(f"  removed {len(result.stale_removed)} leftover tmp.* directories of dead restores")
-    return 0
+        print(f"  removed {len(result.stale_removed)} leftover tmp.* entries of dead restores or old compiles")
+    if not result.blocked:
+        return 0
+    if conflict_policy(args.on_conflict) == "skip":
+        print(f"warning: {len(result.blocked)} kernel(s) not restored: their paths are held by something "
+              "that is not a kernel directory (left in place: --on-conflict skip)", file=sys.stderr)
+        return 0
+    print(f"pyruntime: error: {len(result.blocked)} kernel(s) not restored: their paths are held by "
+          "something that is not a kernel directory and could not be replaced", file=sys.stderr)
+    return 3
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -267,6 +303,7 @@ def _hash(args: argparse.Namespace) -> int:
 
 def _clean(args: argparse.Namespace) -> int:
     from .bundle.restore import DEFAULT_MAX_AGE_S, clean
+    from .bundle.rules import shown
 
     _existing_dir(args.dir)
     if args.max_age is not None and args.max_age < 0:
@@ -274,8 +311,11 @@ def _clean(args: argparse.Namespace) -> int:
     max_age = DEFAULT_MAX_AGE_S if args.max_age is None else args.max_age
     result = clean(args.dir, max_age=max_age, everything=args.all, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
-    for path in result.removed:
-        print(f"{verb} {path}")
+    for path in result.removed:  # a litter name may hold anything but '/' and NUL
+        print(f"{verb} {path if path.isprintable() else shown(path)}")
+    for path, what in result.blocked.items():
+        print(f"blocked {path}: {what}, not a kernel directory (left; `bundle restore` replaces it)")
     print(f"{verb} {len(result.removed)} tmp.* entries; kept {len(result.kept)} "
-          f"(owned by running processes or younger than {max_age:g} s)")
+          f"(locked by running restores, or younger than {max_age:g} s)"
+          + (f"; {len(result.blocked)} kernel paths blocked" if result.blocked else ""))
     return 0

@@ -123,6 +123,17 @@ def bundle_on_mismatch() -> str:
     return raw
 
 
+def restore_on_conflict() -> str:
+    """PYRUNTIME_RESTORE_ON_CONFLICT: what a restore does with a kernel path
+    held by something that is not a kernel directory (a file, FIFO, socket,
+    device or symlink): replace it (default), error, skip."""
+    raw = (os.environ.get("PYRUNTIME_RESTORE_ON_CONFLICT") or "replace").strip().lower()
+    if raw not in ("replace", "error", "skip"):
+        raise ValueError(f"environment variable PYRUNTIME_RESTORE_ON_CONFLICT={raw[:64]!r} is not one of "
+                         "replace, error, skip")
+    return raw
+
+
 def debug() -> bool:
     """PYRUNTIME_DEBUG=1: the sidecar and pool log every worker start and exit."""
     return _flag("PYRUNTIME_DEBUG")

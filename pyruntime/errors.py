@@ -37,6 +37,20 @@ class BundleCompatibilityError(PyRuntimeError, RuntimeError):
     """A bundle was made for another Triton version or target."""
 
 
+class KernelPathConflictError(PyRuntimeError, RuntimeError):
+    """A restore under ``on_conflict="error"`` found kernel paths held by
+    something that is not a kernel directory (a file, FIFO, socket, device
+    or symlink). ``blocked`` maps each such kernel hash to what holds its
+    path; ``result`` is the restore's result when the conflict appeared only
+    while writing (then the other kernels were written), else ``None``
+    (nothing was written)."""
+
+    def __init__(self, message: str, blocked: dict[str, str], result: object = None) -> None:
+        super().__init__(message)
+        self.blocked = blocked
+        self.result = result
+
+
 class BrokenPoolError(PyRuntimeError, BrokenExecutor):
     """The pool's sidecar died or the pool was shut down while a job was
     pending. The next ``submit`` starts a new sidecar."""

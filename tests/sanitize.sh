@@ -19,7 +19,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-$ROOT/.venv/bin/python}
 TESTS=(test_framing.py test_hashing.py test_packing.py test_fuzz_framing.py test_fuzz_packing.py test_fuzz_table.py
-       test_fuzz_decoder.py test_format_doc.py test_kernel_dirs.py)
+       test_fuzz_decoder.py test_format_doc.py test_kernel_dirs.py test_restore_hostile.py)
 start=$(date +%s)
 
 LIBASAN=$(gcc -print-file-name=libasan.so)
@@ -160,5 +160,6 @@ for job in jobs:
 '
 echo "== running the threaded C tests under TSan"
 (cd "$SRC" && "$PY" -m pytest -q -p no:cacheprovider -m "not slow" tests/test_kernel_dirs.py \
+    tests/test_restore_hostile.py::test_the_writer_replaces_or_reports_non_directories_on_both_backends \
     --deselect tests/test_kernel_dirs.py::test_a_forked_child_gets_a_pool_of_its_own "$@")
 echo "== sanitizer runs clean in $(( $(date +%s) - start )) s"

@@ -5,6 +5,7 @@ real kernels compiled by Triton for cuda:90."""
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import os
 import signal
@@ -24,6 +25,7 @@ from pyruntime.bundle.model import TritonBundle
 from pyruntime.bundle.collect import collect_dir
 from pyruntime.bundle.compat import installed_triton_abi
 from pyruntime.bundle.format import load_bundle
+from pyruntime.bundle.rules import restore_tmp_name
 from pyruntime.errors import BundleCompatibilityError
 from pyruntime.hashing import hash_dir
 
@@ -471,6 +473,9 @@ def test_sigkill_mid_restore_then_cache_clean(bundle, bundle_file, tmp_path):
 
 
 def test_clean_rules(tmp_path):
+    """Litter goes by lock or age, never by pid: a restore's directory
+    whose writer is gone (unlocked) at once, Triton's (never locked) by age
+    only, whatever pid its name holds; a locked one never."""
     root = tmp_path / "cache"
     kernel = root / "KERNEL"
     kernel.mkdir(parents=True)
@@ -478,30 +483,44 @@ def test_clean_rules(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)
     dead_pid = int(dead.stdout)
+    locked = root / restore_tmp_name(dead_pid, "0" * 12, 0)  # a running restore (its pid means nothing)
     live = [
-        root / f"tmp.pid_{os.getpid()}_abc",  # ours, running
+        locked,
+        root / f"tmp.pid_{dead_pid}_abc",  # Triton's, young: its pid says nothing
+        kernel / f"tmp.pid_{dead_pid}_0123",  # Triton's litter inside a kernel dir, young
         root / "tmp.young-uuid",  # no pid, recent
     ]
     stale = [
-        root / f"tmp.pid_{dead_pid}_abc",  # owner gone
-        kernel / f"tmp.pid_{dead_pid}_0123",  # Triton's litter inside a kernel dir
+        root / restore_tmp_name(os.getpid(), "1" * 12, 3),  # a restore's, unlocked: its writer is gone
+        kernel / f"tmp.pid_{os.getpid()}_4567",  # Triton's, old (its pid is alive)
         root / "tmp.old-uuid",  # no pid, old
     ]
     for d in live + stale:
         d.mkdir()
         (d / "f").write_text("partial")
+    old_file = kernel / "k.cubin.tmp.pid_1_x"  # older Triton's in-place litter
+    old_file.write_bytes(b"partial")
+    stale.append(old_file)
     old = time.time() - 2 * cache.DEFAULT_MAX_AGE_S
-    os.utime(root / "tmp.old-uuid", (old, old))
+    for p in (root / "tmp.old-uuid", kernel / f"tmp.pid_{os.getpid()}_4567", old_file):
+        os.utime(p, (old, old))
+    fd = os.open(locked, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.utime(locked, (old, old))  # even old: the lock says it is in use
 
-    dry = cache.clean(root, dry_run=True)
-    assert sorted(dry.removed) == sorted(map(str, stale))
-    assert all(d.exists() for d in stale)
-    result = cache.clean(root)
-    assert sorted(result.removed) == sorted(map(str, stale)) and sorted(result.kept) == sorted(map(str, live))
-    assert not any(d.exists() for d in stale) and all(d.exists() for d in live)
-    assert (kernel / "k.cubin").exists()
-    result = cache.clean(root, everything=True)
-    assert sorted(result.removed) == sorted(map(str, live)) and _litter(str(root)) == []
+        dry = cache.clean(root, dry_run=True)
+        assert sorted(dry.removed) == sorted(map(str, stale))
+        assert all(d.exists() for d in stale)
+        result = cache.clean(root)
+        assert sorted(result.removed) == sorted(map(str, stale)) and sorted(result.kept) == sorted(map(str, live))
+        assert not any(d.exists() for d in stale) and all(d.exists() for d in live)
+        assert (kernel / "k.cubin").exists()
+        result = cache.clean(root, everything=True)  # all but the locked one
+        assert sorted(result.removed) == sorted(map(str, live[1:])) and result.kept == [str(locked)]
+    finally:
+        os.close(fd)
+    assert cache.clean(root, max_age=None).removed == [str(locked)] and _litter(str(root)) == []
 
 
 def test_restore_leaves_live_restorers_alone(bundle, tmp_path):

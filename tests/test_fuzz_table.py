@@ -21,9 +21,11 @@ from pyruntime.errors import BundleFormatError
 CHECKS = [b.table_is_plain for b in native.backends() if hasattr(b, "table_is_plain")] + [rules._table_is_plain_py]
 
 NAME_CHARS = st.sampled_from(list("abcXYZ019._-+ ~/\\\x00\x1f\x7fé"))
-NAMES = st.one_of(st.sampled_from(["k.cubin", "k.json", ".", "..", "lock", "a" * 255, "a" * 256, "", "x"]),
+NAMES = st.one_of(st.sampled_from(["k.cubin", "k.json", ".", "..", "lock", "a" * 255, "a" * 256, "", "x",
+                                   "tmp.x", "tmp.", "k.cubin.tmp.pid_1_x", "x.tmp.pid", "tmp"]),
                   st.text(NAME_CHARS, min_size=0, max_size=6))
-HASHES = st.one_of(st.sampled_from(["K0", "K1", "tmp.x", ".x", "-x", "x" * 128, "x" * 129, "", "tmp"]),
+HASHES = st.one_of(st.sampled_from(["K0", "K1", "tmp.x", ".x", "-x", "x" * 128, "x" * 129, "", "tmp",
+                                    "K.tmp.pid_1", "K.tmp.pid"]),
                    st.text(NAME_CHARS, min_size=0, max_size=5))
 NUMBERS = st.one_of(st.integers(0, 3), st.sampled_from([-1, 2**64, 2**64 - 1, 1.0]))
 

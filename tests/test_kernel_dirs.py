@@ -412,7 +412,7 @@ def test_many_threads_share_the_pool_without_mixing_results(tmp_path):
                 kernels = [(f"tmp.{k}.{r}.{j}", f"t{k}r{r}k{j}", [(f"f{i}", os.urandom(300)) for i in range(3)])
                            for j in range(5)]
                 table, jobs = table_of(kernels)
-                assert [ok for ok, _ in c.write_kernels(root, table, jobs, 3, False)] == [1] * 5
+                assert [w.outcome for w in c.write_kernels(root, table, jobs, 3, False)] == [1] * 5
         except BaseException as e:  # reported by the main thread
             errors.append(e)
 
@@ -605,9 +605,10 @@ def _write_jobs(backend, root, kernels, nthreads, do_fsync, swap=None):
     own blob; returns the renamed flags, checking each kernel's byte count."""
     table, jobs = table_of(kernels)
     done = backend.write_kernels(str(root), table, jobs, nthreads, do_fsync, swap)
-    for (_, _, files), (ok, nbytes) in zip(kernels, done):
-        assert nbytes == (sum(len(memoryview(d).cast("B")) for _, d in files) if ok == 1 else 0)
-    return [ok for ok, _ in done]
+    for (_, _, files), (ok, nbytes, err_no) in zip(kernels, done):
+        assert nbytes == (sum(len(memoryview(d).cast("B")) for _, d in files) if ok in (1, 2) else 0)
+        assert err_no == 0
+    return [ok for ok, _, _ in done]
 
 
 @pytest.mark.parametrize("nthreads", [1, 4])
@@ -662,7 +663,7 @@ def test_write_kernels_from_shared_blobs_matches_on_both_backends(tmp_path, nthr
         root = tmp_path / b.name
         root.mkdir()
         done = b.write_kernels(str(root), table, jobs, nthreads, False)
-        assert done == [(1, 1000), (1, 4000), (1, 3000)]
+        assert done == [(1, 1000, 0), (1, 4000, 0), (1, 3000, 0)]
         trees.append(_tree(str(root)))
     assert trees[0] == trees[1] == want
 
@@ -689,7 +690,7 @@ def test_the_sentinel_swap_matches_bytes_replace(tmp_path, nthreads):
         root.mkdir()
         done = b.write_kernels(str(root), table, jobs, nthreads, False, (SENTINEL, prefix))
         tree = _tree(str(root))
-        for (_, final, files), (ok, nbytes) in zip(kernels, done):
+        for (_, final, files), (ok, nbytes, _) in zip(kernels, done):
             assert ok == 1
             for name, data in files:
                 want = data.replace(SENTINEL, prefix + final.encode()) if name.endswith(".json") else data

@@ -54,7 +54,6 @@ from .model import (
 from .restore import restore
 from .rules import (
     _BIN_EXTS,
-    _HASH_RE,
     _SKIP_FILES,
     MAX_ARTIFACT_BYTES,
     REPLACE_SENTINEL,
@@ -62,6 +61,8 @@ from .rules import (
     check_file_name,
     check_kernel_hash,
     check_target,
+    is_kernel_hash,
+    is_litter,
 )
 
 log = logging.getLogger(__name__)
@@ -159,7 +160,8 @@ def _child_dir_spellings(data: bytes, kernel_hash: str) -> list[bytes]:
 def _list_kernel_dir(path: str, complete_only: bool) -> list[os.DirEntry[str]] | None:
     try:
         with os.scandir(path) as it:
-            entries = [e for e in it if e.is_file(follow_symlinks=False) and e.name not in _SKIP_FILES]
+            entries = [e for e in it if e.is_file(follow_symlinks=False) and e.name not in _SKIP_FILES
+                       and not is_litter(e.name)]
     except (FileNotFoundError, NotADirectoryError):
         return None
     if not entries:
@@ -202,8 +204,9 @@ def read_kernel_dir(
     ``complete_only`` when it lacks Triton's ``__grp__*.json``, which Triton
     writes last).
 
-    Sub-directories (Triton's in-flight ``tmp.*``), symlinks and ``lock``
-    files are left out. Raises :class:`BundleFormatError` when a ``.json``
+    Sub-directories (Triton's in-flight ``tmp.*``), symlinks, ``lock``
+    files and litter (:func:`~pyruntime.bundle.rules.is_litter`: files a
+    writer left, which ``cache clean`` removes) are left out. Raises :class:`BundleFormatError` when a ``.json``
     already contains the ``[REPLACE]`` sentinel or a file name is not plain."""
     prepared = _prepare_kernel(cache_dir, kernel_hash, device, complete_only, _roots)
     return None if prepared is None else prepared.kernel
@@ -381,9 +384,7 @@ def collect_dir(
     if kernel_hashes is None:
         with os.scandir(root) as it:
             hashes = sorted(
-                e.name for e in it
-                if e.is_dir(follow_symlinks=False) and not e.name.startswith(TMP_PREFIX)
-                and _HASH_RE.fullmatch(e.name)
+                e.name for e in it if e.is_dir(follow_symlinks=False) and is_kernel_hash(e.name)
             )
     else:
         hashes = [check_kernel_hash(h) for h in dict.fromkeys(kernel_hashes)]

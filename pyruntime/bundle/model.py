@@ -40,6 +40,7 @@ from .rules import (
 
 Buffer = Union[bytes, bytearray, memoryview]
 MismatchPolicy = Literal["warn", "error", "force"]
+ConflictPolicy = Literal["replace", "error", "skip"]
 
 #: name -> function, filled by :func:`bind_io`: encode, decode, save, load, restore
 _IO: dict[str, Callable[..., Any]] = {}
@@ -188,10 +189,12 @@ class TritonBundle:
         on_mismatch: MismatchPolicy | None = None,
         target: str | None = None,
         fsync: bool | None = None,
+        on_conflict: ConflictPolicy | None = None,
     ) -> "RestoreResult":
         """Write the kernels into ``cache_dir`` (default: the Triton cache
         directory of each kernel's device); see :func:`pyruntime.bundle.restore.restore`."""
-        return _IO["restore"](self, cache_dir, on_mismatch=on_mismatch, target=target, fsync=fsync)
+        return _IO["restore"](self, cache_dir, on_mismatch=on_mismatch, target=target, fsync=fsync,
+                              on_conflict=on_conflict)
 
 
 class KernelRow(NamedTuple):
@@ -265,6 +268,14 @@ class RestoreResult:
     stale_removed: list[str] = dataclasses.field(default_factory=list)
     #: the warning issued (policy "warn") about skipped kernels, else None
     message: str | None = None
+    #: kernels not restored because their path is held by something that is
+    #: not a directory (a file, FIFO, socket, device or symlink), left in
+    #: place by ``on_conflict`` or because it could not be removed: hash ->
+    #: what holds it (and why it stayed)
+    blocked: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: restored kernels whose path such a thing held, replaced (also in
+    #: ``restored``): hash -> what was there
+    replaced: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------

@@ -65,6 +65,37 @@ def shown(value: object) -> str:
 #: Prefix of in-flight restore and compile directories (ours and Triton's):
 #: never a kernel, always litter once its writer is gone.
 TMP_PREFIX = "tmp."
+#: What Triton releases before 3.0 appended to a file while writing it in
+#: place (``<name>.tmp.pid_<pid>_<random>``).
+_TMP_INFIX = ".tmp.pid_"
+
+
+def is_litter(name: str) -> bool:
+    """Whether a cache entry called ``name`` (at the top of a cache or in a
+    kernel directory) is a writer's in-flight or leftover state: ``tmp.*``
+    (restores, Triton's compiles) or ``*.tmp.pid_*`` (older Triton). The one
+    rule for both sides: the reader refuses such kernel hashes and file
+    names, ``cache clean`` removes nothing else, and the directory digest
+    skips them (:func:`pyruntime.hashing.hash_dir`)."""
+    return name.startswith(TMP_PREFIX) or _TMP_INFIX in name
+
+
+#: A restore's in-flight kernel directory (at the top of the cache):
+#: ``tmp.pid_<pid>_prt<12 hex>_<n>``, ``r<k>`` appended when a cleaner took
+#: the first name. Its writer holds an flock on it for its whole life, which
+#: is what tells it is in use: the pid is for people only (in another PID
+#: namespace it names another process or none).
+_RESTORE_TMP_RE = re.compile(r"tmp\.pid_[0-9]{1,10}_prt[0-9a-f]{12}_[0-9]{1,10}(?:r[0-9])?")
+
+
+def restore_tmp_name(pid: int, token: str, n: int) -> str:
+    return f"tmp.pid_{pid}_prt{token}_{n}"
+
+
+def is_restore_tmp(name: str) -> bool:
+    """Whether ``name`` is one of :func:`restore_tmp_name`'s (a directory
+    its writer keeps locked; Triton's ``tmp.pid_<pid>_<uuid>`` are not)."""
+    return _RESTORE_TMP_RE.fullmatch(name) is not None
 
 #: Extensions of the binary artifact of a kernel, one per backend; the kernel
 #: name reported in the metadata is the stem of the file that has one.
@@ -89,8 +120,13 @@ def kernel_names_in(file_names: Iterable[str]) -> list[str]:
 
 
 # A kernel hash names a directory in the cache: Triton's base32 keys and
-# Inductor's hex keys both fit. "tmp.*" is reserved for in-flight restores.
+# Inductor's hex keys both fit. Litter names (is_litter) are reserved.
 _HASH_RE = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,127}")
+
+
+def is_kernel_hash(name: str) -> bool:
+    """Whether ``name`` is a kernel hash :func:`check_kernel_hash` accepts."""
+    return _HASH_RE.fullmatch(name) is not None and not is_litter(name)
 MAX_FILE_NAME = 255
 
 # Triton writes these next to kernels; they are not part of a kernel.
@@ -103,10 +139,10 @@ def check_kernel_hash(kernel_hash: object) -> str:
     :class:`BundleFormatError` naming the problem."""
     if not isinstance(kernel_hash, str):
         raise BundleFormatError(f"kernel hash must be a string, not {type(kernel_hash).__name__}")
-    if not _HASH_RE.fullmatch(kernel_hash) or kernel_hash.startswith("tmp."):
+    if not is_kernel_hash(kernel_hash):
         raise BundleFormatError(
             f"kernel hash {shown(kernel_hash)} is not a plain directory name "
-            "(1-128 of A-Z a-z 0-9 _ - ., not starting with '.' or 'tmp.')"
+            "(1-128 of A-Z a-z 0-9 _ - ., not starting with '.' or 'tmp.', without '.tmp.pid_')"
         )
     return kernel_hash
 
@@ -116,9 +152,11 @@ _PLAIN_ASCII_RE = re.compile(r"[\x20-\x2e\x30-\x5b\x5d-\x7e]{1,255}")  # printab
 
 def check_file_name(name: object, kernel_hash: str = "?") -> str:
     """Return ``name`` if it is a plain file name (no path separator, NUL or
-    control character, not ``.``/``..``, at most 255 UTF-8 bytes)."""
+    control character, not ``.``/``..``, at most 255 UTF-8 bytes) and not
+    litter (:func:`is_litter`: Triton never writes such a final file, and
+    ``cache clean`` would remove it from the restored kernel)."""
     if type(name) is str and _PLAIN_ASCII_RE.fullmatch(name) and name not in (".", "..") \
-            and name not in _SKIP_FILES:
+            and name not in _SKIP_FILES and not is_litter(name):
         return name  # the common case, one regex
     if not isinstance(name, str):
         raise BundleFormatError(f"kernel {kernel_hash}: file name must be a string, not {type(name).__name__}")
@@ -132,6 +170,9 @@ def check_file_name(name: object, kernel_hash: str = "?") -> str:
     )
     if bad:
         raise BundleFormatError(f"kernel {kernel_hash}: {shown(name)} is not a plain file name")
+    if is_litter(name):
+        raise BundleFormatError(f"kernel {kernel_hash}: file name {shown(name)} is reserved for in-flight "
+                                "writes (tmp.* or *.tmp.pid_*), which `cache clean` removes")
     try:
         if len(name.encode("utf-8")) > MAX_FILE_NAME:
             raise BundleFormatError(f"kernel {kernel_hash}: file name {shown(name)} is over {MAX_FILE_NAME} bytes")
@@ -196,11 +237,10 @@ def _table_is_plain_py(hashes: Sequence[str], kernel_files: Sequence[int], names
     if not all(type(x) is str for x in [*hashes, *names]) or len(numbers) != 3 * n \
             or not all(type(x) is int and 0 <= x < 1 << 64 for x in numbers):
         return False
-    if not all(_HASH_RE.fullmatch(h) and not h.startswith("tmp.") for h in hashes) \
-            or len(set(hashes)) != len(hashes):
+    if not all(map(is_kernel_hash, hashes)) or len(set(hashes)) != len(hashes):
         return False
     if not all(map(_PLAIN_ASCII_RE.fullmatch, names)) or not _SKIP_FILES.isdisjoint(names) \
-            or not {".", ".."}.isdisjoint(names):
+            or not {".", ".."}.isdisjoint(names) or any(map(is_litter, names)):
         return False
     first = 0
     for count in kernel_files:

@@ -17,7 +17,7 @@ from .. import config
 from . import twin
 from ..errors import BundleFormatError, ProtocolError
 
-ABI_VERSION = 7  # must equal PRT_ABI_VERSION in csrc/prt_core.cdef.h
+ABI_VERSION = 8  # must equal PRT_ABI_VERSION in csrc/prt_core.cdef.h
 
 
 class CBackend:
@@ -37,6 +37,10 @@ class CBackend:
                 f"pyruntime.core._c has ABI version {got}, the Python package expects "
                 f"{ABI_VERSION}: rebuild it with `pip install .` (stale build)"
             )
+        outcomes = (self.lib.PRT_KERNEL_PRESENT, self.lib.PRT_KERNEL_RENAMED, self.lib.PRT_KERNEL_REPLACED,
+                    self.lib.PRT_KERNEL_BLOCKED)
+        if outcomes != (twin.KERNEL_PRESENT, twin.KERNEL_RENAMED, twin.KERNEL_REPLACED, twin.KERNEL_BLOCKED):
+            raise ImportError(f"pyruntime.core._c numbers kernel outcomes {outcomes}: rebuild it with `pip install .`")
         if self.ffi.sizeof("prt_entry") != _ENTRY.size:
             raise ImportError(f"pyruntime.core._c lays prt_entry out in {self.ffi.sizeof('prt_entry')} bytes, "
                               f"the Python package reads {_ENTRY.size}: rebuild it with `pip install .`")
@@ -315,8 +319,9 @@ class CBackend:
         self.check(rc, err, OSError)
 
     def write_kernels(self, root: str, table: twin.FileTable, jobs: Sequence[twin.KernelJob], nthreads: int,
-                      do_fsync: bool, swap: twin.Swap | None = None,
-                      after_file: Any = None) -> list[tuple[int, int]]:
+                      do_fsync: bool, swap: twin.Swap | None = None, *, replace: bool = False,
+                      after_file: Any = None) -> list[twin.Written]:
+        """See :func:`pyruntime.core.twin.write_kernels`."""
         if after_file is not None:
             raise ValueError("the C backend has no per-file hook")
         ffi, lib = self.ffi, self.lib
@@ -342,9 +347,9 @@ class CBackend:
         cjobs = ffi.new("prt_kernel_job[]", [(first, nfiles) for _, _, first, nfiles in jobs] or 1)
         err = ffi.new("prt_err *")
         rc = lib.prt_write_kernels(self.pool(), os.fsencode(root), t, job_names, len(job_names), cjobs, len(jobs),
-                                   max(1, nthreads), int(do_fsync), err)
+                                   max(1, nthreads), int(do_fsync), int(bool(replace)), err)
         self.check(rc, err, OSError)
-        return [(cjobs[j].renamed, cjobs[j].bytes) for j in range(len(jobs))]
+        return [twin.Written(cjobs[j].outcome, cjobs[j].bytes, cjobs[j].err_no) for j in range(len(jobs))]
 
 
 class _CUnpacking:

@@ -8,6 +8,7 @@ The formats are written down in docs/FORMAT.md and in the C sources.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat
 import struct
@@ -508,7 +509,29 @@ def read_files(directory: str, names: Sequence[str | None], offsets: Sequence[in
 
 
 _OPEN_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-_LOST_RACE = frozenset({errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR})
+_OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: flock errors of a file system without locks (cleaners then go by age)
+_NO_LOCKS = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS})
+#: as in csrc/kernel_dirs.c
+MAX_TMP_ATTEMPTS = 8
+MAX_PLACE_ATTEMPTS = 4
+
+#: What became of a kernel (the C core's PRT_KERNEL_*): a directory with
+#: files holds its name (another restorer was first; the copy is dropped);
+#: renamed into place; renamed after unlinking the non-directory that held
+#: its name; a non-directory holds its name and was left there (``replace``
+#: off, or unlinking it failed: ``err_no``).
+KERNEL_PRESENT, KERNEL_RENAMED, KERNEL_REPLACED, KERNEL_BLOCKED = 0, 1, 2, 3
+
+
+class Written(NamedTuple):
+    """One kernel of :func:`write_kernels`: its outcome (``KERNEL_*``), the
+    bytes written when it landed (else 0), and with ``KERNEL_BLOCKED`` the
+    errno of the failed unlink (0 when ``replace`` was off)."""
+
+    outcome: int
+    nbytes: int
+    err_no: int
 
 
 def _write_all(fd: int, data: memoryview) -> None:
@@ -516,14 +539,14 @@ def _write_all(fd: int, data: memoryview) -> None:
         data = data[os.write(fd, data):]
 
 
-def _remove_tmp(tmp: str, created: list[str]) -> None:
+def _remove_tmp(root: str, tmp_name: str, dfd: int, created: list[str]) -> None:
     for name in created:
         try:
-            os.unlink(f"{tmp}/{name}")
+            os.unlink(name, dir_fd=dfd)
         except OSError:
             pass
     try:
-        os.rmdir(tmp)
+        os.rmdir(f"{root}/{tmp_name}")
     except OSError:
         pass  # litter for the next restore or `cache clean`
 
@@ -538,18 +561,110 @@ def _payload(table: FileTable, i: int, final_name: str, swap: Swap | None) -> by
     return data
 
 
+def _lock_dir(fd: int) -> bool:
+    """Take the flock that marks fd's directory as in use: ``False`` when a
+    cleaner holds it (or the file system has no locks: ``True``)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError as e:
+        if e.errno not in _NO_LOCKS:
+            raise
+    return True
+
+
+def _open_locked_dir(root: str, name: str) -> int | None:
+    """mkdir, open and lock ``root/name``: its fd (locked until closed), or
+    ``None`` when a cleaner took the directory first (try another name)."""
+    path = f"{root}/{name}"
+    os.mkdir(path)
+    try:
+        fd = os.open(path, _OPEN_DIR)
+    except FileNotFoundError:
+        return None
+    except BaseException:
+        _rmdir_quietly(path)
+        raise
+    try:
+        if not _lock_dir(fd):
+            os.close(fd)  # the cleaner removes it
+            return None
+        mine = os.fstat(fd)
+        try:
+            named = os.lstat(path)
+        except FileNotFoundError:
+            named = None
+    except BaseException:
+        os.close(fd)
+        _rmdir_quietly(path)
+        raise
+    if named is None or (named.st_dev, named.st_ino) != (mine.st_dev, mine.st_ino):
+        os.close(fd)  # removed by a cleaner that took it before our flock
+        return None
+    return fd
+
+
+def _rmdir_quietly(path: str) -> None:
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
+
+
+def _make_tmp_dir(root: str, base_name: str) -> tuple[str, int]:
+    """The job's tmp directory, locked: ``base_name``, else ``base_name``
+    r1, r2, ... while cleaners take them."""
+    for attempt in range(MAX_TMP_ATTEMPTS):
+        name = base_name if attempt == 0 else f"{base_name}r{attempt}"
+        fd = _open_locked_dir(root, name)
+        if fd is not None:
+            return name, fd
+    raise OSError(errno.EAGAIN, f"mkdir {root}/{base_name}: taken by a cache cleaner {MAX_TMP_ATTEMPTS} times")
+
+
+def _place_kernel(root: str, tmp_name: str, final_name: str, replace: bool) -> tuple[int, int]:
+    """Rename the complete tmp directory onto ``final_name``: (outcome,
+    errno), as place_kernel in csrc/kernel_dirs.c. ``os.unlink`` never
+    removes a directory, so a kernel another restorer renamed there
+    meanwhile stays and wins."""
+    unlinked = False
+    attempt = 1
+    while True:
+        try:
+            os.rename(f"{root}/{tmp_name}", f"{root}/{final_name}")
+            return (KERNEL_REPLACED if unlinked else KERNEL_RENAMED), 0
+        except OSError as e:
+            if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                return KERNEL_PRESENT, 0
+            if e.errno != errno.ENOTDIR:
+                raise OSError(e.errno, f"rename onto {root}/{final_name}: {e.strerror}") from None
+        if not replace:
+            return KERNEL_BLOCKED, 0
+        if attempt == MAX_PLACE_ATTEMPTS:
+            return KERNEL_BLOCKED, errno.EAGAIN  # something keeps putting a non-directory there
+        attempt += 1
+        try:
+            os.unlink(f"{root}/{final_name}")
+            unlinked = True
+        except OSError as e:
+            if e.errno not in (errno.ENOENT, errno.EISDIR):
+                return KERNEL_BLOCKED, e.errno or 0
+
+
 def _write_kernel(root: str, table: FileTable, job: KernelJob, do_fsync: bool, swap: Swap | None,
-                  after_file: Callable[[str, str], None] | None) -> tuple[int, int]:
-    tmp_name, final_name, first, nfiles = job
+                  replace: bool, after_file: Callable[[str, str], None] | None) -> Written:
+    base_name, final_name, first, nfiles = job
+    tmp_name, dfd = _make_tmp_dir(root, base_name)
     tmp = f"{root}/{tmp_name}"
-    os.mkdir(tmp)
     created: list[str] = []
     written = 0
+    outcome = err_no = -1
     try:
         for i in range(first, first + nfiles):
             name = table.names[i]
             data = _payload(table, i, final_name, swap)
-            fd = os.open(f"{tmp}/{name}", _OPEN_NEW, 0o666)
+            fd = os.open(name, _OPEN_NEW, 0o666, dir_fd=dfd)
             created.append(name)
             try:
                 _write_all(fd, _flat(data))
@@ -563,34 +678,31 @@ def _write_kernel(root: str, table: FileTable, job: KernelJob, do_fsync: bool, s
             if after_file is not None:
                 after_file(final_name, name)
         if do_fsync:
-            dfd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        try:
-            os.rename(tmp, f"{root}/{final_name}")
-            return 1, written
-        except OSError as e:
-            if e.errno not in _LOST_RACE:
-                raise
-        _remove_tmp(tmp, created)  # another restorer put this kernel in place first
-        return 0, 0
-    except BaseException:
-        _remove_tmp(tmp, created)
-        raise
+            os.fsync(dfd)
+        outcome, err_no = _place_kernel(root, tmp_name, final_name, replace)
+    finally:
+        if outcome not in (KERNEL_RENAMED, KERNEL_REPLACED):
+            _remove_tmp(root, tmp_name, dfd, created)  # still locked: no cleaner works on it
+        os.close(dfd)  # releases the lock, once the directory is renamed or removed
+    if outcome in (KERNEL_RENAMED, KERNEL_REPLACED):
+        return Written(outcome, written, 0)
+    return Written(outcome, 0, err_no)
 
 
 def write_kernels(root: str, table: FileTable, jobs: Sequence[KernelJob], nthreads: int, do_fsync: bool,
-                  swap: Swap | None = None,
-                  after_file: Callable[[str, str], None] | None = None) -> list[tuple[int, int]]:
+                  swap: Swap | None = None, *, replace: bool = False,
+                  after_file: Callable[[str, str], None] | None = None) -> list[Written]:
     """Write each kernel (files ``first .. first + nfiles - 1`` of
-    ``table``) into ``root/<tmp name>`` and rename it onto its final name;
-    returns per kernel (1, bytes written) when renamed, or (0, 0) when a
-    non-empty directory was there first (the copy is removed). With
-    ``swap``, each sentinel in a ``.json`` file is written as prefix + final
-    name. Stops at the first error, which is raised. ``after_file(final
-    name, file name)`` is a test hook the C side does not have."""
+    ``table``) into ``root/<tmp name>``, held under an flock from its mkdir
+    until it is renamed or removed (what tells cleaners it is in use), and
+    rename it onto its final name; one :class:`Written` per kernel. A final
+    name held by a directory with files is left (``KERNEL_PRESENT``, the
+    copy is removed); one held by a non-directory (file, FIFO, socket,
+    device, symlink: never followed) is unlinked first with ``replace``
+    (``KERNEL_REPLACED``), else left (``KERNEL_BLOCKED``). With ``swap``,
+    each sentinel in a ``.json`` file is written as prefix + final name.
+    Stops at the first error, which is raised. ``after_file(final name,
+    file name)`` is a test hook the C side does not have."""
     del nthreads
     check_table_lengths(table)
     for i, (b, off, size) in enumerate(zip(table.blob_of, table.offs, table.sizes)):
@@ -604,7 +716,7 @@ def write_kernels(root: str, table: FileTable, jobs: Sequence[KernelJob], nthrea
             raise OSError(errno.EINVAL, f"kernel {k}: files outside the table")
     if not os.path.isdir(root):
         os.open(root, os.O_RDONLY | os.O_DIRECTORY)  # raises the errno C reports
-    return [_write_kernel(root, table, job, do_fsync, swap, after_file) for job in jobs]
+    return [_write_kernel(root, table, job, do_fsync, swap, replace, after_file) for job in jobs]
 
 
 class PythonBackend:
