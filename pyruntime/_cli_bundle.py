@@ -56,6 +56,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="bundle file to write")
     p.add_argument("--kernel", action="append", default=None, metavar="HASH",
                    help="bundle only this kernel directory (repeatable); default: every complete kernel")
+    p.add_argument("--python-abi", default="auto", metavar="TAG",
+                   help="Python ABI tag the kernels were built under, e.g. cpython-312-x86_64-linux-gnu "
+                        "(Triton's keys depend on it); 'local' for this interpreter's, 'unknown'; default "
+                        "'auto': this interpreter's when the installed Triton built every kernel, else unknown")
     p.set_defaults(handler=_create)
 
     p = bsub.add_parser("restore", help="write a bundle's kernels into a Triton cache directory")
@@ -182,8 +186,9 @@ def _create(args: argparse.Namespace) -> int:
                 check_kernel_hash(h)
             except BundleFormatError as e:
                 raise UserError(f"--kernel: {e}") from None
+    abi = None if args.python_abi == "unknown" else args.python_abi
     try:
-        bundle = collect_dir(args.cache_dir, args.kernel)
+        bundle = collect_dir(args.cache_dir, args.kernel, triton_abi=abi)
     except BundleFormatError as e:
         raise UserError(f"cannot bundle {args.cache_dir}: {e}") from None
     if args.kernel:

@@ -41,6 +41,7 @@ from .. import core
 from ..core.twin import FileChanged, PackedEntry
 from ..errors import BundleFormatError
 from .compat import MismatchPolicy, installed_triton_abi, installed_triton_version, triton_cache_dir
+from .compat import abi_from_ext_suffix
 from .format import kernel_layout, table_record
 from .model import (
     Buffer,
@@ -52,12 +53,13 @@ from .model import (
     mark_checked,
 )
 from .restore import restore
+from .rules import check_platform, check_version
 from .rules import (
     _BIN_EXTS,
     _SKIP_FILES,
     MAX_ARTIFACT_BYTES,
     REPLACE_SENTINEL,
-    TMP_PREFIX,
+    check_abi,
     check_file_name,
     check_kernel_hash,
     check_target,
@@ -66,6 +68,61 @@ from .rules import (
 )
 
 log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------
+# host code: Triton's compiled host modules (pyruntime.host_code)
+
+#: A file :mod:`pyruntime.host_code` writes next to a host module (Triton
+#: never reads it): which Triton, Python ABI tag and platform built it.
+HOST_MARKER = "pyruntime.host.json"
+# A Python extension module Triton compiles into its cache: <module><EXT_SUFFIX>
+# (cuda_utils.cpython-312-x86_64-linux-gnu.so, __triton_launcher.cpython-...).
+_HOST_MODULE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}(\.[A-Za-z0-9_\-]{1,64}\.so)")
+
+
+def host_dir_abi(names: Iterable[str]) -> str | None:
+    """The Python ABI tag of a host-code directory, else ``None``.
+
+    A host-code directory holds only Python extension modules Triton
+    compiled (a launcher stub, ``cuda_utils``: ``<module><EXT_SUFFIX>``, all
+    of one ABI) and optionally :data:`HOST_MARKER`; a kernel directory
+    never holds such a file."""
+    abi = None
+    for n in names:
+        if n == HOST_MARKER:
+            continue
+        m = _HOST_MODULE_RE.fullmatch(n)
+        tag = abi_from_ext_suffix(m.group(1)) if m else None
+        if tag is None or (abi is not None and tag != abi):
+            return None
+        abi = tag
+    return abi
+
+
+def _host_fields(abi: str, marker: bytes | None) -> dict[str, Any]:
+    """``kind``, ``triton_abi``, ``platform`` and ``triton_version`` of a host
+    directory: the marker's when it has them, else the ABI tag's
+    (``cpython-312-x86_64-linux-gnu`` -> ``linux-x86_64``)."""
+    parts = abi.split("-")
+    platform = f"{parts[3]}-{parts[2]}" if len(parts) >= 4 else None
+    fields: dict[str, Any] = {"kind": "host", "triton_abi": abi, "platform": None, "triton_version": None}
+    try:
+        fields["platform"] = check_platform(platform)
+    except BundleFormatError:
+        pass
+    try:
+        info = json.loads(marker) if marker is not None else {}
+    except (ValueError, RecursionError, UnicodeDecodeError):
+        info = {}
+    if isinstance(info, dict):
+        for key, check in (("platform", check_platform), ("triton_version", lambda v: check_version(v, "x"))):
+            try:
+                if info.get(key) is not None:
+                    fields[key] = check(info[key])
+            except BundleFormatError:
+                pass
+    return fields
 
 
 # --------------------------------------------------------------------------
@@ -166,7 +223,8 @@ def _list_kernel_dir(path: str, complete_only: bool) -> list[os.DirEntry[str]] |
         return None
     if not entries:
         return None
-    if complete_only and not any(e.name.startswith("__grp__") and e.name.endswith(".json") for e in entries):
+    if complete_only and not any(e.name.startswith("__grp__") and e.name.endswith(".json") for e in entries) \
+            and host_dir_abi(e.name for e in entries) is None:
         return None
     entries.sort(key=lambda e: e.name)
     return entries
@@ -304,7 +362,13 @@ def _prepare_kernel(
             continue  # a file was replaced meanwhile
         ro = memoryview(blob).toreadonly()
         arts = [TritonKernelArtifact(n, ro[off:off + size]) for n, off, size in zip(names, offsets, sizes)]
-        kernel = TritonKernelArtifacts(h, device, arts, target, version)
+        host_abi = host_dir_abi(names)
+        if host_abi is None:
+            kernel = TritonKernelArtifacts(h, device, arts, target, version)
+        else:
+            marker = jsons[names.index(HOST_MARKER)] if HOST_MARKER in names else None
+            host = _host_fields(host_abi, marker)
+            kernel = TritonKernelArtifacts(h, device, arts, target, host.pop("triton_version"), **host)
         return _PreparedKernel(root, kernel, offsets, backend.pack_entry(blob, _env.bundle_level()),
                                table_record(kernel, offsets), stamp)
     raise BundleFormatError(f"{path}: files keep changing while they are read ({_READ_ATTEMPTS} attempts)")
@@ -325,11 +389,33 @@ def _prepare_many(items: list[tuple[str, str, int, bool]]) -> list[_PreparedKern
     return [p for p in results if p is not None]
 
 
-def _bundle_of(prepared: list[_PreparedKernel]) -> TritonBundle:
+#: ``collect_dir(triton_abi=...)``: this interpreter's tag, or only when the
+#: kernels were built by the installed Triton (else unknown).
+LOCAL = "local"
+AUTO = "auto"
+
+
+def _bundle_of(prepared: list[_PreparedKernel], triton_abi: str | None = LOCAL) -> TritonBundle:
     """The bundle of prepared kernels, carrying their packed blobs for
-    :func:`pyruntime.bundle.format.encode`."""
+    :func:`pyruntime.bundle.format.encode`.
+
+    Its Triton version is the one the kernels' own metadata names when
+    they all name the same one (a cache built elsewhere says so), else the
+    installed one. ``triton_abi``: a tag, ``None`` (unknown), :data:`LOCAL`
+    (this interpreter's: a live compile) or :data:`AUTO` (this
+    interpreter's when every kernel was built by the installed Triton,
+    else unknown: a bundle must not claim the packing machine's Python for
+    a cache built elsewhere)."""
     kernels = [p.kernel for p in prepared]
-    bundle = TritonBundle(kernels, triton_version=installed_triton_version(), triton_abi=installed_triton_abi())
+    installed = installed_triton_version()
+    built = {k.triton_version for k in kernels if k.kind == "kernel"}
+    version = built.pop() if len(built) == 1 and None not in built else installed
+    if triton_abi == AUTO:
+        foreign = any(v is not None and installed is not None and _base(v) != _base(installed) for v in
+                      (k.triton_version for k in kernels))
+        triton_abi = None if foreign or installed is None else LOCAL
+    abi = installed_triton_abi() if triton_abi == LOCAL else check_abi(triton_abi)
+    bundle = TritonBundle(kernels, triton_version=version, triton_abi=abi)
     mark_checked(bundle)
     object.__setattr__(bundle, "_packed", ([p.offsets for p in prepared], [p.entry for p in prepared],
                                            [p.record for p in prepared]))
@@ -362,20 +448,34 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_executor_in_child)
 
 
+def _base(version: str) -> str:
+    return version.split("+", 1)[0]
+
+
 def collect_dir(
     cache_dir: str | os.PathLike[str],
     kernel_hashes: Iterable[str] | None = None,
     *,
     device: int = 0,
+    triton_abi: str | None = AUTO,
 ) -> TritonBundle:
     """Bundle kernels already in ``cache_dir`` without a live compile.
 
     With ``kernel_hashes``, exactly those kernel directories (missing ones are
     skipped); otherwise every complete kernel directory (one holding Triton's
-    ``__grp__*.json``, written last; this also leaves out Triton's compiled
-    launcher modules), in sorted order so equal caches give equal bundles.
+    ``__grp__*.json``, written last) and every host-code directory (Triton's
+    compiled host modules, :func:`host_dir_abi`: entries of kind ``"host"``),
+    in sorted order so equal caches give equal bundles.
     Raises :class:`NotADirectoryError`/:class:`FileNotFoundError` when
-    ``cache_dir`` is not a directory."""
+    ``cache_dir`` is not a directory.
+
+    ``triton_abi`` is the Python ABI tag the kernels were built under
+    (Triton's keys depend on it): by default (``"auto"``) this
+    interpreter's when every kernel was built by the installed Triton,
+    unknown (``None``) otherwise; ``"local"`` claims this interpreter's, a
+    tag states it (a cache built on another machine)."""
+    if triton_abi not in (AUTO, LOCAL):
+        check_abi(triton_abi)
     root = os.fspath(cache_dir)
     if not os.path.isdir(root):
         if os.path.exists(root):
@@ -389,7 +489,7 @@ def collect_dir(
     else:
         hashes = [check_kernel_hash(h) for h in dict.fromkeys(kernel_hashes)]
     _env.bundle_level()  # a bad PYRUNTIME_BUNDLE_LEVEL fails here, not on a bundle thread
-    return _bundle_of(_prepare_many([(root, h, device, kernel_hashes is None) for h in hashes]))
+    return _bundle_of(_prepare_many([(root, h, device, kernel_hashes is None) for h in hashes]), triton_abi)
 
 
 # --------------------------------------------------------------------------

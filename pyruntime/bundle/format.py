@@ -59,6 +59,7 @@ from ..core.twin import PACK_MAGIC, FileTable, PackedEntry
 from ..errors import BundleFormatError
 from ..hashing import hash_bytes
 from .model import (
+    KERNEL,
     Buffer,
     KernelRow,
     TritonBundle,
@@ -77,6 +78,8 @@ from .rules import (
     check_abi,
     check_file_name,
     check_kernel_hash,
+    check_kind,
+    check_platform,
     check_target,
     check_version,
     shown,
@@ -95,6 +98,10 @@ _HEADER_KEYS = frozenset(
 # Optional header keys: absent means unknown (files written before them).
 _OPTIONAL_HEADER_KEYS = frozenset({"triton_abi"})
 _KERNEL_KEYS = frozenset({"hash", "device", "target", "triton_version", "files"})
+# Optional kernel keys, written only when not their default (so a bundle of
+# plain kernels is byte for byte what earlier versions wrote): kind ("kernel"
+# or "host"), the Python ABI tag and the platform an entry was built for.
+_OPTIONAL_KERNEL_KEYS = frozenset({"kind", "triton_abi", "platform"})
 _DIGEST_DOMAIN = b"pyruntime-triton-bundle/1\n"
 
 # Extensions in the order their files are laid out; the rest follow, sorted.
@@ -177,7 +184,30 @@ def table_record(kernel: TritonKernelArtifacts, offsets: list[int]) -> bytes:
         "target": kernel.target,
         "triton_version": kernel.triton_version,
         "files": [[a.filename, "\0", off, len(a.payload)] for a, off in zip(kernel.artifacts, offsets)],
+        **_optional_fields(kernel),
     })
+
+
+def _optional_fields(kernel: TritonKernelArtifacts) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if kernel.kind != KERNEL:
+        out["kind"] = kernel.kind
+    if kernel.triton_abi is not None:
+        out["triton_abi"] = kernel.triton_abi
+    if kernel.platform is not None:
+        out["platform"] = kernel.platform
+    return out
+
+
+def _has_kernel_keys(k: dict[str, Any]) -> bool:
+    keys = k.keys()
+    return keys == _KERNEL_KEYS or (keys >= _KERNEL_KEYS and keys - _KERNEL_KEYS <= _OPTIONAL_KERNEL_KEYS)
+
+
+def _check_optional(k: dict[str, Any], h: str) -> None:
+    check_kind(k.get("kind", KERNEL), h)
+    check_abi(k.get("triton_abi"))
+    check_platform(k.get("platform"))
 
 
 def encode_parts(bundle: TritonBundle) -> list[Buffer]:
@@ -259,7 +289,7 @@ def _some(names: Any) -> str:
 
 
 def _is_uint(v: Any) -> bool:
-    return type(v) is int and 0 <= v < 1 << 64
+    return type(v) is int and v >= 0
 
 
 def _is_device(v: Any) -> bool:
@@ -326,8 +356,9 @@ def _check_kernels(kernels: list[Any]) -> None:
     """Check each kernel and file in turn: raises naming the first problem."""
     seen_hashes: set[str] = set()
     for i, k in enumerate(kernels):
-        if not isinstance(k, dict) or k.keys() != _KERNEL_KEYS:
-            raise _fail(f"kernel {i} is not an object with keys {sorted(_KERNEL_KEYS)}")
+        if not isinstance(k, dict) or not _has_kernel_keys(k):
+            raise _fail(f"kernel {i} is not an object with keys {sorted(_KERNEL_KEYS)} "
+                        f"(and optionally {sorted(_OPTIONAL_KERNEL_KEYS)})")
         h = check_kernel_hash(k["hash"])
         if h in seen_hashes:
             raise _fail(f"kernel {h} appears twice")
@@ -336,6 +367,7 @@ def _check_kernels(kernels: list[Any]) -> None:
             raise _fail(f"kernel {h}: device {shown(k['device'])} is not an integer from 0 to {MAX_DEVICE}")
         check_target(k["target"])
         check_version(k["triton_version"], f"kernel {h}: triton_version")
+        _check_optional(k, h)
         files = k["files"]
         if not isinstance(files, list):
             raise _fail(f"kernel {h}: files is not a list")
@@ -357,10 +389,11 @@ def _columns_if_plain(kernels: list[Any], blob_lens: list[int]) -> Columns | Non
     holds no JSON boolean (``True`` would pass as the integer 1)."""
     try:
         for k in kernels:
-            if type(k) is not dict or k.keys() != _KERNEL_KEYS or type(k["files"]) is not list \
+            if type(k) is not dict or not _has_kernel_keys(k) or type(k["files"]) is not list \
                     or not _is_device(k["device"]):
                 return None
             check_target(k["target"])
+            _check_optional(k, "?")
             check_version(k["triton_version"], "triton_version")
         files = [f for k in kernels for f in k["files"]]
         if files:
@@ -494,7 +527,8 @@ def _build(u: Any, names: list[str]) -> tuple[TritonBundle, memoryview]:
     bundle = TritonBundle(None, header["triton_version"], header["pyruntime_version"],  # type: ignore[arg-type]
                           header["content_digest"], triton_abi=header.get("triton_abi"))
     object.__setattr__(bundle, "_rows", [KernelRow(k["hash"], k["device"], k["target"], k["triton_version"],
-                                                   len(k["files"])) for k in kernels])
+                                                   len(k["files"]), k.get("kind", KERNEL), k.get("triton_abi"),
+                                                   k.get("platform")) for k in kernels])
     object.__setattr__(bundle, "_table", FileTable(blobs, *columns))
     return bundle, kernels_raw
 
@@ -594,6 +628,9 @@ def describe(data: Buffer) -> dict[str, Any]:
                 "device": k.device,
                 "target": k.target,
                 "triton_version": k.triton_version,
+                "kind": k.kind,
+                "triton_abi": k.triton_abi or bundle.triton_abi,
+                "platform": k.platform,
                 "files": len(k.artifacts),
                 "size": k.size,
             }

@@ -33,12 +33,19 @@ from .rules import (
     check_file_name,
     check_kernel_hash,
     check_target,
+    check_kind,
+    check_platform,
     check_version,
     kernel_names_in,
     shown,
 )
 
 Buffer = Union[bytes, bytearray, memoryview]
+
+#: The kinds of cache directory a bundle carries (TritonKernelArtifacts.kind).
+KERNEL = "kernel"
+HOST = "host"
+KINDS = (KERNEL, HOST)
 MismatchPolicy = Literal["warn", "error", "force"]
 ConflictPolicy = Literal["replace", "error", "skip"]
 
@@ -78,15 +85,26 @@ class TritonKernelArtifact:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class TritonKernelArtifacts:
-    """Every file of one kernel directory. ``target`` (``"cuda:90"``,
+    """Every file of one cache directory. ``target`` (``"cuda:90"``,
     ``"hip:gfx942"``, ...) and ``triton_version`` come from the kernel's
-    metadata ``.json`` when it has them."""
+    metadata ``.json`` when it has them.
+
+    ``kind`` is ``"kernel"`` (GPU code, looked up by Triton's JIT) or
+    ``"host"`` (host code: a launcher stub or ``cuda_utils`` module Triton
+    would otherwise build with a C compiler on first launch; machine code
+    for one platform and Python ABI). ``triton_abi`` and ``platform`` say
+    which Python ABI tag and platform (``"linux-x86_64"``) an entry was
+    built for when known; a kernel without its own ``triton_abi`` has the
+    bundle's."""
 
     kernel_hash: str
     device: int
     artifacts: list[TritonKernelArtifact]
     target: str | None = None
     triton_version: str | None = None
+    kind: str = KERNEL
+    triton_abi: str | None = None
+    platform: str | None = None
 
     def kernel_names(self) -> list[str]:
         """Names of the kernels in this directory (stems of binary artifacts)."""
@@ -207,6 +225,9 @@ class KernelRow(NamedTuple):
     target: str | None
     triton_version: str | None
     nfiles: int
+    kind: str = KERNEL
+    triton_abi: str | None = None
+    platform: str | None = None
 
 
 _BUILD_LOCK = threading.Lock()
@@ -240,7 +261,7 @@ def _build_kernels(bundle: TritonBundle) -> list[TritonKernelArtifacts]:
         first = 0
         for r in bundle._rows:
             kernels.append(TritonKernelArtifacts(r.kernel_hash, r.device, arts[first:first + r.nfiles], r.target,
-                                                 r.triton_version))
+                                                 r.triton_version, r.kind, r.triton_abi, r.platform))
             first += r.nfiles
         bundle.__dict__["_kernels"] = kernels
         mark_checked(bundle)
@@ -320,7 +341,8 @@ def kernel_rows(bundle: TritonBundle) -> list[KernelRow]:
     objects were never built, else made from the objects."""
     if bundle.__dict__["_kernels"] is None and bundle._rows is not None:
         return bundle._rows
-    return [KernelRow(k.kernel_hash, k.device, k.target, k.triton_version, len(k.artifacts))
+    return [KernelRow(k.kernel_hash, k.device, k.target, k.triton_version, len(k.artifacts), k.kind, k.triton_abi,
+                      k.platform)
             for k in bundle.kernel_artifacts]
 
 
@@ -338,6 +360,9 @@ def check_bundle(bundle: TritonBundle) -> None:
                                     f"from 0 to {MAX_DEVICE}")
         check_target(k.target)
         check_version(k.triton_version, f"kernel {k.kernel_hash}: triton_version")
+        check_kind(k.kind, k.kernel_hash)
+        check_abi(k.triton_abi)
+        check_platform(k.platform)
         names: set[str] = set()
         for a in k.artifacts:
             check_file_name(a.filename, k.kernel_hash)

@@ -204,6 +204,25 @@ def check_abi(abi: object) -> str | None:
     return abi
 
 
+_PLATFORM_RE = re.compile(r"[a-z0-9_]{1,24}-[a-z0-9_]{1,24}")
+
+
+def check_platform(platform: object) -> str | None:
+    """Return ``platform`` if it is ``None`` or a tag such as ``"linux-x86_64"``."""
+    if platform is None:
+        return None
+    if not isinstance(platform, str) or not _PLATFORM_RE.fullmatch(platform):
+        raise BundleFormatError(f"platform {shown(platform)} is not a tag like 'linux-x86_64'")
+    return platform
+
+
+def check_kind(kind: object, kernel_hash: str = "?") -> str:
+    """Return ``kind`` if it is ``"kernel"`` or ``"host"``."""
+    if kind not in ("kernel", "host"):
+        raise BundleFormatError(f"kernel {kernel_hash}: kind {shown(kind)} is not 'kernel' or 'host'")
+    return kind  # type: ignore[return-value]
+
+
 def check_version(version: object, what: str) -> str | None:
     if version is None:
         return None
