@@ -15,6 +15,7 @@ from .errors import (
     BrokenPoolError,
     BundleCompatibilityError,
     BundleFormatError,
+    JITCompileError,
     JobTimeoutError,
     ProtocolError,
     PyRuntimeError,
@@ -50,6 +51,8 @@ _LAZY = {
     "register_clear_hook": "outofproc",
     "unregister_clear_hook": "outofproc",
     "shutdown_out_of_process": "outofproc",
+    "freeze": "freeze",
+    "record_launches": "record",
 }
 
 __all__ = [
@@ -57,6 +60,7 @@ __all__ = [
     "BrokenPoolError",
     "BundleCompatibilityError",
     "BundleFormatError",
+    "JITCompileError",
     "JobTimeoutError",
     "ProtocolError",
     "PyRuntimeError",
@@ -81,6 +85,8 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from .framing import Frame, read_frame, write_frame
+    from .freeze import freeze
     from .hashing import hash_bytes, hash_dir, hash_file
     from .packing import pack, unpack
     from .pool import SubprocException, SubprocKind, SubprocPickler, SubprocPool
+    from .record import record_launches

@@ -52,7 +52,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--json", dest="json_out", default=None, metavar="OUT", help="write per-kernel results as JSON")
     p.add_argument("--pool", choices=("auto", "subproc", "process"), default="auto",
                    help="worker pool: the project's SubprocPool or a spawn ProcessPoolExecutor (default: auto)")
-    p.add_argument("--dry-run", action="store_true", help="check the kernel list and show what would be built")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check every kernel against its function (imports them) and show what would be built")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.add_argument("-v", "--verbose", action="store_true", help="a line per kernel, and tracebacks of failures")
     p.set_defaults(handler=run)
@@ -144,6 +145,36 @@ def format_summary(results: Sequence[Any], wall_s: float, *, workers: int | None
     return "\n".join(out)
 
 
+def _dry_run(kernels_file: str, specs: Sequence[Any], cache_dir: str, workers: int) -> int:
+    """Show what would be built, and check every spec against its function
+    as a build would: each name in signature, constexprs, none and
+    divisibility is a parameter (with a "did you mean"), every runtime
+    argument has a type, every option is the backend's, no divisibility the
+    JIT would never give. Exit 2 when any spec is wrong."""
+    from .errors import one_line
+    from .specialize import check_spec
+
+    functions: dict[str, Any] = {}
+    bad = 0
+    for s in specs:
+        where = s.fn or f"{s.source}:{s.function}"
+        print(f"{s.label}  {s.target}  {where}")
+        try:
+            fn = functions.get(where)
+            if fn is None:
+                fn = functions[where] = s.load_function()
+            for w in check_spec(s, fn):
+                print(f"pyruntime: warning: {kernels_file}: {one_line(w)}", file=sys.stderr)
+        except Exception as e:
+            bad += 1
+            print(f"pyruntime: error: {kernels_file}: {s.label} ({s.target}): {one_line(str(e))}", file=sys.stderr)
+    if bad:
+        print(f"precompile: {bad} of {len(specs)} kernels are wrong (see above); fix them before building")
+        return 2
+    print(f"precompile: {len(specs)} kernels would be built into {cache_dir} ({workers} workers)")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from . import config
     from .precompile import ProgressBar, default_cache_dir, precompile
@@ -154,10 +185,7 @@ def run(args: argparse.Namespace) -> int:
     cache_dir = os.path.abspath(args.cache_dir or default_cache_dir())
     workers = args.workers or config.default_workers()
     if args.dry_run:
-        for s in specs:
-            print(f"{s.label}  {s.target}  {s.fn or f'{s.source}:{s.function}'}")
-        print(f"precompile: {len(specs)} kernels would be built into {cache_dir} ({workers} workers)")
-        return 0
+        return _dry_run(args.kernels_file, specs, cache_dir, workers)
     from .bundle import collect_dir
 
     collect = collect_dir if args.bundle else None

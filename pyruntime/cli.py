@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "pyruntime._cli_precompile",  # precompile
     "pyruntime._cli_bundle",  # bundle ..., cache ...
     "pyruntime._cli_store",  # store push, pull, ls
+    "pyruntime._cli_record",  # record
 )
 
 

@@ -73,3 +73,19 @@ class JobTimeoutError(PyRuntimeError, TimeoutError):
 class UserError(PyRuntimeError):
     """A problem with the user's input to the command line; printed as one
     line without a traceback."""
+
+class JITCompileError(PyRuntimeError, RuntimeError):
+    """Triton's JIT was about to compile a kernel while frozen
+    (:func:`pyruntime.freeze`). The first line of the message names the
+    kernel and how it differs from the nearest bundled one; the attributes
+    hold the same as data: ``kernel`` (name), ``launch`` and ``nearest``
+    (:class:`pyruntime.specialize.Specialisation` or ``None``) and
+    ``differences`` (:class:`pyruntime.specialize.Difference` items)."""
+
+    def __init__(self, message: str, *, kernel: str | None = None, launch: object = None,
+                 nearest: object = None, differences: tuple[object, ...] | list[object] = ()) -> None:
+        super().__init__(message)
+        self.kernel = kernel
+        self.launch = launch
+        self.nearest = nearest
+        self.differences = list(differences)

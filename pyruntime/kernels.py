@@ -41,8 +41,14 @@ Every other argument needs a type. ``divisibility`` lists arguments that
 launches will pass 16-byte aligned / divisible by 16 (what the JIT calls the
 ``D`` specialisation); they are compiled with ``tt.divisibility = 16``, as
 the JIT would, which lets Triton vectorise loads. A constexpr value may be
-an int, float, bool or string; the string ``"tl.float16"`` (any ``tl.``
-dtype) becomes that Triton dtype.
+an int, float, bool, string or ``None``; the string ``"tl.float16"`` (any
+``tl.`` dtype) becomes that Triton dtype. An argument a launch passes as
+``None`` is compiled by the JIT as the constexpr ``None``: give it the value
+``None`` in ``constexprs`` (TOML cannot spell ``None``: list it in
+``none = ["bias_ptr"]`` instead; JSON may use either ``null`` or ``none``).
+``fn_hash`` (written by ``python -m pyruntime record``) is the function's code
+hash where the list was recorded; a build whose function hashes differently
+warns, since its kernels would never be found by those launches.
 
 Kernel-list files
 -----------------
@@ -65,6 +71,7 @@ structure (docs/KERNELS.md has a full example)::
     constexprs = { BLOCK = 1024 }
     options = { num_warps = 8, num_stages = 2 }
     divisibility = ["x_ptr", "y_ptr", "out_ptr"]
+    none = ["bias_ptr"]               # arguments launches pass as None
 
     [[kernels.variants]]              # optional: one spec per variant, each
     constexprs = { BLOCK = 256 }      # merged over the kernel's own fields
@@ -246,6 +253,7 @@ def canonical_type(ty: str) -> str:
 
 _FN_RE = re.compile(r"[A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
 _IDENT_RE = re.compile(r"[A-Za-z_]\w*")
+_HEX_RE = re.compile(r"[0-9a-f]{16,128}")
 _SCALAR_TYPES = (bool, int, float, str)
 
 
@@ -273,6 +281,7 @@ class KernelSpec:
     divisibility: Sequence[str] = ()
     name: str | None = None
     python_path: Sequence[str] = ()
+    fn_hash: str | None = None  # the function's JIT cache_key where the list was recorded
 
     def __post_init__(self) -> None:
         def put(attr: str, value: Any) -> None:
@@ -343,6 +352,8 @@ class KernelSpec:
         if isinstance(self.python_path, str) or not isinstance(self.python_path, Iterable):
             raise KernelSpecError("python_path: must be a list of directories")
         put("python_path", tuple(os.fspath(p) for p in self.python_path))
+        if self.fn_hash is not None and (not isinstance(self.fn_hash, str) or not _HEX_RE.fullmatch(self.fn_hash)):
+            raise KernelSpecError(f"fn_hash: {self.fn_hash!r} must be the hex digest of the function's code")
 
     # Mappings are not hashable: hash the canonical form instead.
     def __hash__(self) -> int:
@@ -379,9 +390,10 @@ class KernelSpec:
         return d
 
     def key(self) -> str:
-        """Canonical JSON of everything that affects the build (not ``name``)."""
+        """Canonical JSON of everything that affects the build (not ``name`` or ``fn_hash``)."""
         d = self.to_dict()
         d.pop("name", None)
+        d.pop("fn_hash", None)
         return json.dumps(d, sort_keys=True, default=str)
 
     def with_target(self, target: str | Target) -> KernelSpec:
@@ -452,9 +464,9 @@ def _unwrap_jit(obj: Any, where: str) -> Any:
 
 _TOP_KEYS = ("version", "target", "python_path", "defaults", "kernels")
 _DEFAULT_KEYS = ("options", "divisibility")
-_KERNEL_KEYS = ("name", "fn", "source", "function", "signature", "constexprs", "options",
-                "divisibility", "target", "variants")
-_VARIANT_KEYS = ("name", "signature", "constexprs", "options", "divisibility", "target")
+_KERNEL_KEYS = ("name", "fn", "source", "function", "signature", "constexprs", "none", "options",
+                "divisibility", "target", "fn_hash", "variants")
+_VARIANT_KEYS = ("name", "signature", "constexprs", "none", "options", "divisibility", "target")
 
 
 def _unknown(where: str, key: str, allowed: Sequence[str]) -> KernelSpecError:
@@ -580,16 +592,34 @@ def _merge_map(where: str, key: str, *layers: Any) -> dict[str, Any]:
     return out
 
 
+def _with_none(where: str, layer: dict[str, Any]) -> Any:
+    """A kernel's or variant's ``constexprs`` with its ``none`` names added
+    as ``None`` (TOML has no null: ``none = ["bias_ptr"]`` spells it)."""
+    consts = layer.get("constexprs")
+    names = layer.get("none")
+    if names is None or (consts is not None and not isinstance(consts, dict)):
+        return consts  # _merge_map names a bad constexprs
+    if not isinstance(names, list) or not all(isinstance(n, str) and _IDENT_RE.fullmatch(n) for n in names):
+        raise KernelSpecError(f"{where}: none: must be a list of argument names (those launches pass as None)")
+    out = dict(consts or {})
+    for n in names:
+        if out.get(n) is not None:
+            raise KernelSpecError(f"{where}: none: {n!r} also has the value {out[n]!r} in constexprs; "
+                                  "give it one or the other")
+        out[n] = None
+    return out
+
+
 def _entry_to_spec(entry: dict[str, Any], var: dict[str, Any], where: str, base: Path, file_target: str,
                    cli_target: str | None, d_opts: dict[str, Any], d_div: list[str],
                    pypath: list[str]) -> KernelSpec:
-    fields: dict[str, Any] = {k: entry[k] for k in ("fn", "source", "function", "name") if k in entry}
+    fields: dict[str, Any] = {k: entry[k] for k in ("fn", "source", "function", "name", "fn_hash") if k in entry}
     if "name" in var:
         fields["name"] = var["name"]
     if isinstance(fields.get("source"), str):
         fields["source"] = str((base / fields["source"]).resolve())
     fields["signature"] = _merge_map(where, "signature", entry.get("signature"), var.get("signature"))
-    fields["constexprs"] = _merge_map(where, "constexprs", entry.get("constexprs"), var.get("constexprs"))
+    fields["constexprs"] = _merge_map(where, "constexprs", _with_none(where, entry), _with_none(where, var))
     fields["options"] = _merge_map(where, "options", d_opts, entry.get("options"), var.get("options"))
     div = var.get("divisibility", entry.get("divisibility"))
     if div is None:

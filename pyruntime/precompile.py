@@ -66,7 +66,7 @@ from typing import Any, Callable, Iterable, Mapping, TextIO
 from . import config
 from .compile_tasks import set_triton_ptxas_path, warm_triton, worker_compile_triton
 from .kernels import KernelSpec, resolve_target
-from .specialize import compile_inputs
+from .specialize import compile_inputs, record_compiled
 
 __all__ = [
     "PrecompileResult",
@@ -171,6 +171,8 @@ class TritonBuild:
                 self.compiled = triton.compile(src, target=target, options=options)
             finally:
                 knobs.compilation.listener = previous
+            # what freeze() compares a launch that misses with (pyruntime.spec.json in the kernel dir)
+            record_compiled(self.compiled, src, target, options)
         self.cached = seen.get("cache_hit", False)
         self.warnings = list(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught))
 

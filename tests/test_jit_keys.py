@@ -68,3 +68,53 @@ def test_precompiled_keys_match_the_jit(tmp_path):
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["kernels"] >= 14
     assert report["new"] == [], f"the JIT compiled {len(report['new'])} kernels the precompile missed"
+
+
+HAND_WRITTEN = '''
+from pyruntime.kernels import KernelSpec
+from pyruntime.precompile import precompile
+from pyruntime.specialize import jit_unspecialised_attr
+
+F, H = "*fp32", "*fp16"
+specs = [
+    # do_not_specialize=["n"]: no attribute entry for n, never the constexpr 1;
+    # do_not_specialize_on_alignment=["x_ptr"]: an entry, never divisibility
+    KernelSpec(fn="tkern:dns_kernel", signature={"x_ptr": F, "out_ptr": F, "n": "i32", "stride": "i32"},
+               constexprs={"BLOCK": 64}, divisibility=["out_ptr", "stride"]),
+    KernelSpec(fn="tkern:dns_kernel", signature={"x_ptr": F, "out_ptr": F, "n": "i32", "stride": "i32"},
+               constexprs={"BLOCK": 64}, divisibility=["out_ptr"]),
+    # annotations type the argument whatever its value; annotated floats get no entry
+    KernelSpec(fn="tkern:ann_kernel", signature={"x_ptr": H, "out_ptr": H, "n": "i64", "scale": "fp32"},
+               constexprs={"BLOCK": 128, "ACT": "relu"}, divisibility=["x_ptr", "out_ptr", "n"]),
+    # None is the constexpr None; an int equal to 1 the constexpr 1
+    KernelSpec(fn="tkern:bias_kernel", signature={"x_ptr": F, "out_ptr": F, "n": "i32"},
+               constexprs={"BLOCK": 512, "bias_ptr": None}, divisibility=["x_ptr", "out_ptr", "n"]),
+    KernelSpec(fn="tkern:add_kernel", signature={"x_ptr": F, "y_ptr": F, "out_ptr": F},
+               constexprs={"BLOCK": 256, "n": 1}, divisibility=["x_ptr", "y_ptr", "out_ptr"]),
+]
+cache = os.environ["TRITON_CACHE_DIR"]
+results = precompile(specs, pool=standin.InlineExecutor(), cache_dir=cache)
+assert all(r.ok for r in results), [r.error for r in results]
+before = standin.cache_dirs(cache)
+standin.install()
+import tkern
+T, Hh = standin.tensor(), standin.tensor("fp16")
+tkern.dns_kernel.warmup(T, T, 16, 16, BLOCK=64, grid=(1,))
+tkern.dns_kernel.warmup(T, T, 1, 3, BLOCK=64, grid=(1,))
+tkern.ann_kernel.warmup(Hh, Hh, 4096, 0.5, BLOCK=128, ACT="relu", grid=(1,))
+tkern.bias_kernel.warmup(T, None, T, 4096, BLOCK=512, grid=(1,))
+tkern.add_kernel.warmup(T, T, T, 1, BLOCK=256, grid=(1,))
+print(json.dumps({"built": len(before), "new": sorted(standin.cache_dirs(cache) - before),
+                  "rule": jit_unspecialised_attr()}))
+'''
+
+
+def test_do_not_specialize_annotations_none_and_ones_match_the_jit(tmp_path):
+    sys.path.insert(0, os.path.dirname(__file__))
+    import standin
+
+    standin.write_kernels(tmp_path)
+    report = standin.run(HAND_WRITTEN, tmp_path, env={"TRITON_CACHE_DIR": str(tmp_path / "cache")})
+    assert report["built"] == 5
+    assert report["rule"] is None  # the installed JIT gives a do_not_specialize argument no attribute entry
+    assert report["new"] == [], f"the JIT compiled {len(report['new'])} kernels the precompile missed"

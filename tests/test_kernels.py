@@ -356,3 +356,125 @@ def test_sample_specs_are_distinct_and_varied() -> None:
     assert len({s.key() for s in sample_specs(600)}) == 600
     with pytest.raises(ValueError, match="only .* distinct sample kernels"):
         sample_specs(100_000)
+
+
+# ------------------------------------------------------------ None, fn_hash, the JIT's traps
+
+
+def test_none_in_toml_and_null_in_json_are_the_same() -> None:
+    toml_text = ('[[kernels]]\nfn = "m:k"\nsignature = { x_ptr = "*fp32" }\nconstexprs = { BLOCK = 64 }\n'
+                 'none = ["bias_ptr"]\n[[kernels.variants]]\n[[kernels.variants]]\nnone = ["res_ptr"]\n'
+                 'constexprs = { BLOCK = 128 }\n')
+    a, b = parse_kernel_list(toml_text, "toml", origin="k.toml")
+    assert a.constexprs == {"BLOCK": 64, "bias_ptr": None}
+    assert b.constexprs == {"BLOCK": 128, "bias_ptr": None, "res_ptr": None}
+    assert a.label == "k[BLOCK=64,bias_ptr=None,fp32]"
+    j = json.dumps({"kernels": [{"fn": "m:k", "signature": {"x_ptr": "*fp32"},
+                                 "constexprs": {"BLOCK": 64, "bias_ptr": None}}]})
+    assert parse_kernel_list(j, "json", origin="k.json") == [a]
+    j2 = json.dumps({"kernels": [{"fn": "m:k", "signature": {"x_ptr": "*fp32"}, "constexprs": {"BLOCK": 64},
+                                  "none": ["bias_ptr"]}]})
+    assert parse_kernel_list(j2, "json", origin="k.json") == [a]
+
+
+@pytest.mark.parametrize("text, match", [
+    ('[[kernels]]\nfn = "m:k"\nnone = "bias"\n', r"kernels\[0\] \(line 1\) 'm:k': none: must be a list of argument"),
+    ('[[kernels]]\nfn = "m:k"\nnone = ["b"]\nconstexprs = { b = 3 }\n',
+     r"none: 'b' also has the value 3 in constexprs; give it one or the other"),
+    ('[[kernels]]\nfn = "m:k"\nnone = ["x"]\nsignature = { x = "*fp32" }\n',
+     r"constexprs.x: argument 'x' is typed '\*fp32' in the signature"),
+    ('[[kernels]]\nfn = "m:k"\nnones = ["x"]\n', r"unknown key 'nones' \(did you mean 'none'\?\)"),
+    ('[[kernels]]\nfn = "m:k"\nfn_hash = "xyz"\n', r"fn_hash: 'xyz' must be the hex digest"),
+])
+def test_none_and_fn_hash_errors(text, match) -> None:
+    with pytest.raises(KernelSpecError, match=match):
+        parse_kernel_list(text, "toml", origin="k.toml")
+
+
+def test_fn_hash_is_not_part_of_the_build_key() -> None:
+    a = KernelSpec(fn="m:k", signature=SIG, fn_hash="ab" * 32)
+    assert a.key() == KernelSpec(fn="m:k", signature=SIG).key() and a.to_dict()["fn_hash"] == "ab" * 32
+
+
+@pytest.fixture
+def tkern(tmp_path: Path) -> str:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import standin
+
+    return str(standin.write_kernels(tmp_path))
+
+
+@pytest.mark.parametrize("function, fields, match", [
+    ("add_kernel", {"signature": {"x_ptr": "*fp32", "y_ptr": "*fp32", "out_ptr": "*fp32"}, "constexprs": {"n": 5}},
+     r"constexprs.n: 'n' is a runtime argument of add_kernel \(not tl.constexpr\); the JIT makes it a constexpr only "
+     r"when a launch passes None or the int 1, not 5"),
+    ("add_kernel", {"signature": {"x_ptr": "*fp32", "y_ptr": "*fp32", "out_ptr": "*fp32", "n": "i32",
+                                  "BLOCK": "i32"}, "constexprs": {}},
+     r"signature.BLOCK: add_kernel declares 'BLOCK' tl.constexpr; give its value in constexprs"),
+    ("dns_kernel", {"divisibility": ["n"]},
+     r"divisibility.n: 'n' is in the function's do_not_specialize, so the JIT gives it no divisibility"),
+    ("dns_kernel", {"divisibility": ["x_ptr"]}, r"divisibility.x_ptr: 'x_ptr' is in the function's "
+                                                r"do_not_specialize_on_alignment"),
+    ("dns_kernel", {"signature": {"x_ptr": "*fp32", "out_ptr": "*fp32", "stride": "i32"}, "constexprs": {"n": 1}},
+     r"constexprs.n: dns_kernel lists 'n' in do_not_specialize, so the JIT passes it as a runtime int even when it "
+     r"is 1"),
+    ("ann_kernel", {"signature": {"x_ptr": "*fp16", "out_ptr": "*fp16", "n": "i32", "scale": "fp32"}},
+     r"signature.n: ann_kernel annotates 'n' as 'i64', so the JIT types it 'i64' whatever the value; not 'i32'"),
+    ("ann_kernel", {"divisibility": ["scale"]}, r"divisibility.scale: the JIT never specialises fp32 arguments"),
+    ("add_kernel", {"divisibility": ["x_pt"]}, r"divisibility.x_pt: add_kernel has no argument 'x_pt' "
+                                               r"\(did you mean 'x_ptr'\?\)"),
+])
+def test_compile_inputs_refuse_what_the_jit_never_does(tkern, function, fields, match) -> None:
+    base = {"add_kernel": {"signature": {"x_ptr": "*fp32", "y_ptr": "*fp32", "out_ptr": "*fp32", "n": "i32"}},
+            "dns_kernel": {"signature": {"x_ptr": "*fp32", "out_ptr": "*fp32", "n": "i32", "stride": "i32"}},
+            "ann_kernel": {"signature": {"x_ptr": "*fp16", "out_ptr": "*fp16"}}}[function]
+    spec = KernelSpec(source=tkern, function=function, **{**base, "constexprs": {"BLOCK": 64}, **fields})
+    with pytest.raises(KernelSpecError, match=match):
+        compile_inputs(spec)
+
+
+def test_check_spec_warns_when_the_code_differs_from_the_recorded(tkern) -> None:
+    from pyruntime.specialize import check_spec
+
+    sig = {"x_ptr": "*fp32", "y_ptr": "*fp32", "out_ptr": "*fp32", "n": "i32"}
+    spec = KernelSpec(source=tkern, function="add_kernel", signature=sig, constexprs={"BLOCK": 64})
+    fn = spec.load_function()
+    assert check_spec(spec, fn) == []
+    stale = KernelSpec(source=tkern, function="add_kernel", signature=sig, constexprs={"BLOCK": 64}, fn_hash="0" * 64)
+    (w,) = check_spec(stale, fn)
+    assert "code here hashes" in w and "picks kernel code by device at import" in w
+
+
+@pytest.mark.timeout(120)
+def test_dry_run_checks_every_name_against_the_function(tkern, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    good = tmp_path / "good.toml"
+    good.write_text('[[kernels]]\nsource = "tkern.py"\nfunction = "bias_kernel"\n'
+                    'signature = { x_ptr = "*fp32", out_ptr = "*fp32", n = "i32" }\n'
+                    'constexprs = { BLOCK = 64 }\nnone = ["bias_ptr"]\n')
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[kernels]]\nsource = "tkern.py"\nfunction = "add_kernel"\nname = "typo"\n'
+                   'signature = { x_ptr = "*fp32", y_ptr = "*fp32", out_pt = "*fp32", n = "i32" }\n'
+                   'constexprs = { BLOCK = 64 }\n'
+                   '[[kernels]]\nsource = "tkern.py"\nfunction = "bias_kernel"\nname = "fine"\n'
+                   'signature = { x_ptr = "*fp32", out_ptr = "*fp32", n = "i32" }\n'
+                   'constexprs = { BLOCK = 64 }\nnone = ["bias_ptr"]\n')
+
+    def run(path: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pyruntime", "precompile", str(path), "--dry-run",
+                               "--cache-dir", str(tmp_path / "cache")], capture_output=True, text=True, timeout=100)
+
+    ok = run(good)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.splitlines()[-1].startswith("precompile: 1 kernels would be built into")
+    out = run(bad)
+    assert out.returncode == 2
+    assert (f"pyruntime: error: {bad}: typo (cuda:90): signature.out_pt: add_kernel has no argument 'out_pt' "
+            "(did you mean 'out_ptr'?)") in out.stderr
+    assert "fine" in out.stdout and out.stdout.splitlines()[-1] == \
+        "precompile: 1 of 2 kernels are wrong (see above); fix them before building"
+    assert not (tmp_path / "cache").exists()
