@@ -62,6 +62,11 @@ def register(subparsers: Any) -> None:
                         "'auto': this interpreter's when the installed Triton built every kernel, else unknown")
     p.set_defaults(handler=_create)
 
+    p = bsub.add_parser("merge", help="one bundle of several (targets, Python ABIs, host code)")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="bundle file to write")
+    p.set_defaults(handler=_merge)
+
     p = bsub.add_parser("restore", help="write a bundle's kernels into a Triton cache directory")
     p.add_argument("file", metavar="FILE")
     p.add_argument("--cache-dir", default=None, metavar="DIR",
@@ -76,6 +81,9 @@ def register(subparsers: Any) -> None:
                         "symlink...): replace it (default; $PYRUNTIME_RESTORE_ON_CONFLICT), error (write "
                         "nothing), skip (leave it, report it)")
     p.add_argument("--fsync", action="store_true", default=None, help="fsync files and directories")
+    p.add_argument("--no-host-code", dest="host_code", action="store_false", default=None,
+                   help="do not write the bundle's host code (Triton's compiled launcher modules; default: "
+                        "written when they fit this machine's platform, Python and Triton; PYRUNTIME_HOST_CODE=0)")
     p.set_defaults(handler=_restore)
 
     p = bsub.add_parser("inspect", help="show a bundle's header and kernels")
@@ -220,7 +228,7 @@ def _restore(args: argparse.Namespace) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # reported below instead
             result = bundle.restore(cache_dir, on_mismatch=args.on_mismatch, target=args.target, fsync=args.fsync,
-                                    on_conflict=args.on_conflict)
+                                    on_conflict=args.on_conflict, host_code=args.host_code)
     except BundleCompatibilityError as e:
         raise UserError(f"{args.file}: {e}") from None
     except BundleFormatError as e:
@@ -237,6 +245,12 @@ def _restore(args: argparse.Namespace) -> int:
         print(f"warning: {result.message}", file=sys.stderr)
     for h, reason in result.incompatible.items():
         print(f"  skipped {h}: {reason}", file=sys.stderr)
+    if result.skipped:
+        why: dict[str, int] = {}
+        for reason in result.skipped.values():
+            why[reason] = why.get(reason, 0) + 1
+        print(f"left out {len(result.skipped)} entries not for this machine: "
+              + "; ".join(f"{n} x {r}" for r, n in sorted(why.items(), key=lambda x: -x[1])[:6]))
     for h, what in result.replaced.items():
         print(f"  replaced {h}: {what} held its path")
     for h, what in result.blocked.items():
@@ -252,6 +266,20 @@ def _restore(args: argparse.Namespace) -> int:
     print(f"pyruntime: error: {len(result.blocked)} kernel(s) not restored: their paths are held by "
           "something that is not a kernel directory and could not be replaced", file=sys.stderr)
     return 3
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from .bundle.model import merge
+
+    bundles = [_load(f)[0] for f in args.files]
+    try:
+        merged = merge(bundles)
+    except BundleFormatError as e:
+        raise UserError(f"cannot merge: {e}") from None
+    size = merged.save(args.output)
+    print(f"wrote {args.output}: {len(merged)} entries from {len(bundles)} bundles, {_human(size)}, "
+          f"targets {', '.join(merged.targets) or 'unknown'}")
+    return 0
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -277,13 +305,23 @@ def _inspect(args: argparse.Namespace) -> int:
     print(f"size            {_human(info['raw_size'])} of kernel files in {_human(info['file_size'])} "
           f"(compression ratio {info['compression_ratio']:.2f}x)")
     print()
-    rows = [["kernel hash", "name", "target", "device", "files", "size"]]
+    matrix: dict[tuple[str, str], int] = {}
     for k in info["kernels"]:
-        rows.append([k["hash"], ",".join(k["names"]) or "-", k["target"] or "-", str(k["device"]),
+        cell = (k["target"] or "-") if k["kind"] == "kernel" else f"host code ({k['platform'] or '?'})"
+        key = (cell, k["triton_abi"] or "unknown abi")
+        matrix[key] = matrix.get(key, 0) + 1
+    if len(matrix) > 1 or any(k["kind"] != "kernel" for k in info["kernels"]):
+        print("entries by target and Python ABI:")
+        for (cell, cabi), n in sorted(matrix.items()):
+            print(f"  {cell:<28} {cabi:<34} {n}")
+        print()
+    rows = [["kernel hash", "name", "kind", "target", "device", "files", "size"]]
+    for k in info["kernels"]:
+        rows.append([k["hash"], ",".join(k["names"]) or "-", k["kind"], k["target"] or "-", str(k["device"]),
                      str(k["files"]), _human(k["size"])])
-    rows.append(["total", f"{len(info['kernels'])} kernels", "", "", str(sum(k["files"] for k in info["kernels"])),
+    rows.append(["total", f"{len(info['kernels'])} entries", "", "", "", str(sum(k["files"] for k in info["kernels"])),
                  _human(info["raw_size"])])
-    print(_table(rows, right={3, 4, 5}))
+    print(_table(rows, right={4, 5, 6}))
     return 0
 
 

@@ -123,6 +123,24 @@ def bundle_on_mismatch() -> str:
     return raw
 
 
+def host_code() -> bool:
+    """PYRUNTIME_HOST_CODE: 1 (default) restores a bundle's host code (Triton's
+    compiled launcher and cuda_utils modules) when it fits this machine, 0
+    never writes it."""
+    raw = (os.environ.get("PYRUNTIME_HOST_CODE") or "1").strip().lower()
+    if raw not in ("0", "1", "true", "false", "yes", "no", "on", "off"):
+        raise ValueError(f"environment variable PYRUNTIME_HOST_CODE={raw[:64]!r} is not 0 or 1")
+    return raw in ("1", "true", "yes", "on")
+
+
+def target() -> str | None:
+    """PYRUNTIME_TARGET: the target this machine's kernels are for
+    (``cuda:90``), where a restore of a bundle for several targets should not
+    ask the driver; unset: ask it (``pyruntime.bundle.compat.local_target``)."""
+    raw = (os.environ.get("PYRUNTIME_TARGET") or "").strip()
+    return raw or None
+
+
 def restore_on_conflict() -> str:
     """PYRUNTIME_RESTORE_ON_CONFLICT: what a restore does with a kernel path
     held by something that is not a kernel directory (a file, FIFO, socket,

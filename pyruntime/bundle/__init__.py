@@ -34,6 +34,7 @@ from .model import (
     TritonBundlerMetadata,
     TritonKernelArtifact,
     TritonKernelArtifacts,
+    merge,
 )
 from .restore import CleanResult, RestoreResult, clean
 
@@ -55,5 +56,6 @@ __all__ = [
     "installed_triton_abi",
     "installed_triton_version",
     "load_bundle",
+    "merge",
     "triton_cache_dir",
 ]

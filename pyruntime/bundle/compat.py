@@ -17,7 +17,9 @@ from the distribution's ``METADATA`` file, found the way
 
 from __future__ import annotations
 
+import ctypes
 import os
+import platform as _platform
 import re
 import sys
 from functools import lru_cache
@@ -187,6 +189,49 @@ def abi_reason(bundle_abi: str | None, local_abi: str | None) -> str | None:
     an interpreter of ``local_abi``, or ``None`` (equal, or either unknown)."""
     if bundle_abi and local_abi and bundle_abi != local_abi:
         return f"collected under Python ABI {bundle_abi}, this interpreter is {local_abi}"
+    return None
+
+
+def local_platform() -> str:
+    """This machine's platform tag as host code records it (``linux-x86_64``)."""
+    return f"{sys.platform}-{_platform.machine().lower()}"
+
+
+@lru_cache(maxsize=1)
+def local_target() -> str | None:
+    """The target of this machine's first GPU (``cuda:90``), from
+    ``PYRUNTIME_TARGET`` or by asking the CUDA driver directly (no Triton
+    or torch import: the driver answers in milliseconds); ``None`` when
+    there is no driver or no GPU."""
+    forced = _env.target()
+    if forced:
+        return forced
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return None
+    dev, major, minor = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
+    # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75, _MINOR = 76
+    if cuda.cuInit(0) != 0 or cuda.cuDeviceGet(ctypes.byref(dev), 0) != 0 \
+            or cuda.cuDeviceGetAttribute(ctypes.byref(major), 75, dev) != 0 \
+            or cuda.cuDeviceGetAttribute(ctypes.byref(minor), 76, dev) != 0:
+        return None
+    return f"cuda:{major.value * 10 + minor.value}"
+
+
+def host_code_reason(kernel: KernelRow, installed: str | None, local_abi: str | None,
+                     bundle_abi: str | None) -> str | None:
+    """Why host code ``kernel`` is not for this machine, or ``None``: it is
+    machine code for one platform, Python ABI and Triton, each of which
+    must be known and equal."""
+    abi = kernel.triton_abi or bundle_abi
+    here = local_platform()
+    if kernel.platform != here:
+        return f"host code for {kernel.platform or 'an unknown platform'}, this machine is {here}"
+    if not abi or abi != local_abi:
+        return f"host code for Python ABI {abi or 'unknown'}, this interpreter is {local_abi or 'unknown'}"
+    if not kernel.triton_version or not installed or _base_version(kernel.triton_version) != _base_version(installed):
+        return f"host code for triton {kernel.triton_version or 'unknown'}, installed is {installed or 'none'}"
     return None
 
 

@@ -208,11 +208,12 @@ class TritonBundle:
         target: str | None = None,
         fsync: bool | None = None,
         on_conflict: ConflictPolicy | None = None,
+        host_code: bool | None = None,
     ) -> "RestoreResult":
         """Write the kernels into ``cache_dir`` (default: the Triton cache
         directory of each kernel's device); see :func:`pyruntime.bundle.restore.restore`."""
         return _IO["restore"](self, cache_dir, on_mismatch=on_mismatch, target=target, fsync=fsync,
-                              on_conflict=on_conflict)
+                              on_conflict=on_conflict, host_code=host_code)
 
 
 class KernelRow(NamedTuple):
@@ -297,6 +298,35 @@ class RestoreResult:
     #: restored kernels whose path such a thing held, replaced (also in
     #: ``restored``): hash -> what was there
     replaced: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: entries not for this machine, left out without a warning: host code
+    #: for another Python ABI, platform or Triton (or host code turned off),
+    #: and the kernels for other targets or ABIs of a bundle that also holds
+    #: those for this one: hash -> why
+    skipped: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def merge(bundles: list[TritonBundle]) -> TritonBundle:
+    """One bundle of the entries of several (kernels built for several
+    targets, Python ABIs or Triton versions; their host code): each entry
+    keeps the Triton version and Python ABI of the bundle it came from, so
+    a restore picks what fits the machine. An entry in two bundles must be
+    the same bytes in both (then it is kept once)."""
+    out: dict[str, TritonKernelArtifacts] = {}
+    for b in bundles:
+        for k in b.kernel_artifacts:
+            k = dataclasses.replace(k, triton_version=k.triton_version or b.triton_version,
+                                    triton_abi=k.triton_abi or b.triton_abi)
+            seen = out.get(k.kernel_hash)
+            if seen is None:
+                out[k.kernel_hash] = k
+            elif [(a.filename, bytes(a.payload)) for a in seen.artifacts] != \
+                    [(a.filename, bytes(a.payload)) for a in k.artifacts]:
+                raise BundleFormatError(f"kernel {k.kernel_hash} differs between the bundles being merged")
+    kernels = list(out.values())
+    versions = {k.triton_version for k in kernels if k.kind == KERNEL}
+    abis = {k.triton_abi for k in kernels if k.kind == KERNEL}
+    return TritonBundle(kernels, triton_version=versions.pop() if len(versions) == 1 else None,
+                        triton_abi=abis.pop() if len(abis) == 1 else None)
 
 
 # --------------------------------------------------------------------------

@@ -93,14 +93,26 @@ from ..errors import BundleCompatibilityError, BundleFormatError, KernelPathConf
 from .compat import (
     MismatchPolicy,
     abi_reason,
+    host_code_reason,
     installed_triton_abi,
     installed_triton_version,
+    local_target,
     mismatch_message,
     mismatch_reason,
     policy as mismatch_policy,
     triton_cache_dir,
 )
-from .model import ConflictPolicy, KernelRow, RestoreResult, TritonBundle, check_bundle, decoded_table, is_checked, kernel_rows
+from .model import (
+    KERNEL,
+    ConflictPolicy,
+    KernelRow,
+    RestoreResult,
+    TritonBundle,
+    check_bundle,
+    decoded_table,
+    is_checked,
+    kernel_rows,
+)
 from .rules import (
     MAX_JSON_FILE_BYTES,
     MAX_SENTINEL_GROWTH,
@@ -402,6 +414,44 @@ def check_sentinel_growth(table: FileTable, jobs: list[KernelJob], prefix_len: d
                                 f"{MAX_SENTINEL_GROWTH}-byte limit; nothing was written")
 
 
+def _kernel_reasons(bundle: TritonBundle, kernels: list[KernelRow], installed: str | None,
+                    local_abi: str | None, target: str | None, host_code: bool,
+                    result: RestoreResult) -> list[str | None]:
+    """Why each kernel does not fit this installation (``None``: it fits).
+
+    Host code that is not for this machine (or with host code off) goes to
+    ``result.skipped``. So do the kernels of other (target, Python ABI)
+    variants of a bundle that holds several, once one variant fits this
+    machine (its target: ``target``, else the GPU's, see
+    :func:`~pyruntime.bundle.compat.local_target`); the rest are
+    mismatches under the ``on_mismatch`` policy, as in a bundle of one
+    variant."""
+    variants = {(k.target, k.triton_abi or bundle.triton_abi) for k in kernels if k.kind == KERNEL}
+    if target is None and len({t for t, _ in variants}) > 1:
+        target = local_target()  # None without a GPU: every target is written
+    cache: dict[tuple[str | None, str | None, str | None], str | None] = {}
+    reasons: list[str | None] = []
+    for k in kernels:
+        abi = k.triton_abi or bundle.triton_abi
+        if k.kind != KERNEL:
+            why = "host code is turned off" if not host_code else host_code_reason(k, installed, local_abi,
+                                                                                   bundle.triton_abi)
+            if why is not None:
+                result.skipped[k.kernel_hash] = why
+            reasons.append(None)
+            continue
+        key = (k.triton_version, k.target, abi)
+        if key not in cache:
+            cache[key] = mismatch_reason(k, installed, target, bundle.triton_version, bundle_abi=abi,
+                                         local_abi=local_abi)
+        reasons.append(cache[key])
+    if len(variants) > 1 and any(r is None for k, r in zip(kernels, reasons) if k.kind == KERNEL):
+        for k, r in zip(kernels, reasons):
+            if k.kind == KERNEL and r is not None:
+                result.skipped[k.kernel_hash] = f"not for this machine: {r}"
+    return reasons
+
+
 def restore(
     bundle: TritonBundle,
     cache_dir: str | os.PathLike[str] | None = None,
@@ -410,6 +460,7 @@ def restore(
     target: str | None = None,
     fsync: bool | None = None,
     on_conflict: ConflictPolicy | None = None,
+    host_code: bool | None = None,
 ) -> RestoreResult:
     """Write ``bundle``'s kernels into ``cache_dir`` (default: the Triton
     cache directory of each kernel's device). See the module docstring for
@@ -430,16 +481,14 @@ def restore(
     local_abi = installed_triton_abi() if installed else None
     wrong_abi = abi_reason(bundle.triton_abi, local_abi)
     kernels = kernel_rows(bundle)  # no kernel or artifact object is built for a loaded bundle
-    reasons: dict[tuple[str | None, str | None], str | None] = {}  # one check per (version, target)
+    reasons = _kernel_reasons(bundle, kernels, installed, local_abi, target,
+                              _env.host_code() if host_code is None else bool(host_code), result)
     todo: list[tuple[str, KernelRow, int]] = []  # (root, kernel, its first file in the table)
     first = 0
-    for k in kernels:
-        key = (k.triton_version, k.target)
-        if key not in reasons:
-            reasons[key] = mismatch_reason(k, installed, target, bundle.triton_version,
-                                           bundle_abi=bundle.triton_abi, local_abi=local_abi)
-        reason = reasons[key]
-        if reason is not None and policy != "force":
+    for k, reason in zip(kernels, reasons):
+        if k.kernel_hash in result.skipped:
+            pass
+        elif reason is not None and policy != "force":
             result.incompatible[k.kernel_hash] = reason
         else:
             root = os.fspath(cache_dir) if cache_dir is not None else triton_cache_dir(k.device)
