@@ -119,6 +119,11 @@ def spec_from_specialisation(rec: Specialisation, fn: Any, options: Any, default
     ``(None, reason, {})`` when a kernel list cannot express it."""
     if rec.unsupported:
         return None, f"{rec.function}: {'; '.join(rec.unsupported)}", {}
+    params = {p.name: p for p in fn.params}
+    odd = [n for n in rec.unspecialised if n in params and not params[n].do_not_specialize]
+    if odd:  # an annotated int launched as 1: typed, yet without the attribute entry a spec would give it
+        return None, (f"{rec.function}: {', '.join(odd)} launched as 1 with a type annotation: the JIT gives it no "
+                      f"attribute entry, which a kernel list cannot express"), {}
     module_name = getattr(fn, "module", None) or getattr(fn.fn, "__module__", "")
     qualname = fn.fn.__qualname__
     module = sys.modules.get(module_name)

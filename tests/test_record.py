@@ -181,6 +181,22 @@ def test_record_command_records_every_python_process(tmp_path: Path) -> None:
     assert again.returncode == 0 and "10 kernel entries, 0 new" in again.stderr, again.stderr[-2000:]
 
 
+@pytest.mark.timeout(300)
+def test_what_a_kernel_list_cannot_express_is_skipped_not_mis_recorded(tmp_path: Path) -> None:
+    standin.write_kernels(tmp_path)
+    rec = tmp_path / "k.toml"
+    report = standin.run(_script(f'''
+    import pyruntime, tkern
+    standin.install()
+    H = standin.tensor("fp16")
+    with pyruntime.record_launches({str(rec)!r}) as r:
+        tkern.ann_kernel.warmup(H, H, 1, 0.5, BLOCK=128, grid=(1,))  # n: tl.int64 annotated, launched as 1
+    print(json.dumps({{"specs": len(r.specs), "skipped": r.skipped}}))
+    '''), tmp_path, env={"TRITON_CACHE_DIR": str(tmp_path / "cache")})
+    assert report["specs"] == 0 and not rec.exists()
+    assert "n launched as 1 with a type annotation" in report["skipped"][0]
+
+
 def test_record_command_errors(tmp_path: Path) -> None:
     def run(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "pyruntime", "record", *args], capture_output=True, text=True,
