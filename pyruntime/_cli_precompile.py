@@ -25,6 +25,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from typing import Any, Sequence
 
 from ._atomic import write_atomic
@@ -56,7 +57,59 @@ def register(subparsers: Any) -> None:
                    help="check every kernel against its function (imports them) and show what would be built")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.add_argument("-v", "--verbose", action="store_true", help="a line per kernel, and tracebacks of failures")
+    h = p.add_argument_group("host code", "the launcher stubs and cuda_utils Triton builds with gcc on a GPU "
+                             "machine's first launches, built here for that machine (docs/KERNELS.md, Host code)")
+    h.add_argument("--host-code", action=argparse.BooleanOptionalAction, default=None,
+                   help="build them for CUDA targets (default: yes, with a warning when they cannot be built; "
+                        "--host-code makes that an error)")
+    h.add_argument("--python", dest="host_python", default=None, metavar="PY",
+                   help="the GPU machine's Python: an interpreter with its Triton (a path), or a version (3.12)")
+    h.add_argument("--python-abi", dest="host_python_abi", default=None, metavar="TAG",
+                   help="find an interpreter with this ABI tag (cpython-312-x86_64-linux-gnu)")
+    h.add_argument("--triton-version", dest="host_triton_version", default=None, metavar="X.Y.Z",
+                   help="the GPU machine's Triton: when the interpreter has another, use a helper venv with it "
+                        "(made once; needs the package index)")
+    h.add_argument("--host-triton-dir", default=None, metavar="DIR",
+                   help="Triton 3.8+: the GPU machine's triton package directory (part of cuda_utils' key)")
+    h.add_argument("--host-libcuda-dir", action="append", default=None, metavar="DIR",
+                   help="Triton 3.8+: the GPU machine's libcuda.so.1 directory (part of the key); repeat for several")
     p.set_defaults(handler=run)
+
+
+def _host_target(args: argparse.Namespace) -> Any:
+    """The HostTarget the host-code options name, or None for this Python and Triton."""
+    values = (args.host_python, args.host_python_abi, args.host_triton_version, args.host_triton_dir,
+              args.host_libcuda_dir)
+    if not any(values):
+        return None
+    if args.host_code is False:
+        raise _user_error("--no-host-code with options for the host code")
+    if args.host_python and args.host_python_abi:
+        raise _user_error("give --python or --python-abi, not both")
+    from .host_code import host_target_from_args
+
+    return host_target_from_args(*values)
+
+
+def _host_summary(results: Sequence[Any], cache_dir: str) -> str | None:
+    """One line on the host code precompile built, from the results' host
+    directories and the marker in them."""
+    from .bundle.collect import HOST_MARKER
+
+    keys = list(dict.fromkeys(k for r in results for k in r.host_keys))
+    if not keys:
+        return None
+    try:
+        with open(os.path.join(cache_dir, keys[0], HOST_MARKER), encoding="utf-8") as f:
+            info = json.load(f)
+        who = f" for {info['triton_abi']} ({info['platform']}), Triton {info['triton_version']}"
+        paths = info.get("key_paths")
+        if paths:  # Triton 3.8+: the key holds the GPU machine's paths
+            triton_dir = os.path.dirname(os.path.dirname(os.path.dirname(paths["include_dirs"][0])))
+            who += f"; keyed for Triton at {triton_dir}, libcuda in {', '.join(paths['library_dirs'][1:])}"
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        who = ""
+    return f"host code: {len(keys)} modules (cuda_utils and launcher stubs){who}"
 
 
 def _user_error(msg: str) -> Exception:
@@ -194,10 +247,22 @@ def run(args: argparse.Namespace) -> int:
 
     bar = None if args.quiet else ProgressBar(sys.stderr)
     start = time.perf_counter()
-    results = precompile(specs, workers=workers, cache_dir=cache_dir, progress=bar, pool_kind=args.pool)
+    host_target = _host_target(args)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        results = precompile(specs, workers=workers, cache_dir=cache_dir, progress=bar, pool_kind=args.pool,
+                             host_code=args.host_code, host_target=host_target)
+    for w in caught:  # host code: one line each
+        if str(w.message).startswith("pyruntime:"):
+            print(f"precompile: warning: {str(w.message)[len('pyruntime: '):]}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     wall = time.perf_counter() - start
     print(format_summary(results, wall, workers=min(workers, len(specs)), cache_dir=cache_dir,
                          verbose=args.verbose))
+    host_line = _host_summary(results, cache_dir)
+    if host_line:
+        print(host_line)
     failed = [r for r in results if not r.ok]
     if args.json_out:
         _write_json_atomic(args.json_out, {
@@ -209,10 +274,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"\nbundle: not written ({len(failed)} kernels failed)")
         else:
             keys = list(dict.fromkeys(r.cache_key for r in results if r.cache_key))
-            bundle = collect(cache_dir, keys)
+            host = list(dict.fromkeys(k for r in results for k in r.host_keys))
+            bundle = collect(cache_dir, keys + host)
             os.makedirs(os.path.dirname(os.path.abspath(args.bundle)), exist_ok=True)
             bundle.save(args.bundle)
             size = os.path.getsize(args.bundle)
-            print(f"\nbundle: {args.bundle} ({len(keys)} kernels, {size / 1024:.1f} KiB)")
+            extra = f", with {len(host)} host modules" if host else ""
+            print(f"\nbundle: {args.bundle} ({len(keys)} kernels, {size / 1024:.1f} KiB){extra}")
     sys.stdout.flush()
     return 1 if failed else 0

@@ -107,6 +107,8 @@ class PrecompileResult:
     warnings: tuple[str, ...] = ()
     metadata: dict[str, Any] = field(default_factory=dict)  # num_warps, num_stages, shared
     worker_pid: int | None = None
+    # the host-code directories a launch of this kernel looks up (pyruntime.host_code)
+    host_keys: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -369,6 +371,8 @@ def precompile(
     extra_env: Mapping[str, str] | None = None,
     extra_config: Mapping[str, Any] | None = None,
     pool_kind: str = "auto",
+    host_code: bool | None = None,
+    host_target: Any = None,
 ) -> list[PrecompileResult]:
     """Build every spec in a pool of workers; one result per spec, in order.
 
@@ -383,6 +387,15 @@ def precompile(
     Raises before building anything when a spec is not a KernelSpec or a
     target is unusable (``local`` without a GPU: :class:`~pyruntime.kernels.TargetError`);
     kernel build failures are results, never exceptions.
+
+    Host code (:mod:`pyruntime.host_code`): after the kernels, the launcher
+    stubs and ``cuda_utils`` the CUDA kernels that built need are built
+    into the cache for ``host_target`` (a :class:`~pyruntime.host_code.HostTarget`;
+    default: this Python and Triton), and each result's ``host_keys`` names
+    their directories (a recording bundler is not given them: bundle them
+    with ``collect_dir(cache, kernel_keys + host_keys)``). ``host_code=None`` (the default) does so for CUDA
+    targets and warns when it cannot; ``True`` raises
+    :class:`~pyruntime.host_code.HostCodeError` then; ``False`` skips it.
     """
     if pool is not None and workers is not None:
         raise ValueError("give either workers or pool, not both")
@@ -445,7 +458,33 @@ def precompile(
             pool.shutdown(wait=True, cancel_futures=True)
         if bar is not None:
             bar.close()
-    return [r for r in results if r is not None]
+    done = [r for r in results if r is not None]
+    if host_code is not False:
+        _add_host_code(done, cache, bool(host_code), host_target)
+    return done
+
+
+def _add_host_code(results: list[PrecompileResult], cache: str, required: bool, target: Any) -> None:
+    """Build the host code of the CUDA kernels that built and note its
+    directories on their results."""
+    from .host_code import HostCodeError, build_host_code  # not needed by the workers that import this module
+
+    cuda = [r for r in results if r.ok and r.cache_key and r.target.startswith("cuda")]
+    if not cuda:
+        return
+    try:
+        built = build_host_code(cache, [r.cache_key for r in cuda], target=target)
+    except HostCodeError as e:
+        if required:
+            raise
+        warnings.warn(f"pyruntime: no host code built: {e}", RuntimeWarning, stacklevel=3)
+        return
+    for w in built.warnings:
+        warnings.warn(f"pyruntime: {w}", RuntimeWarning, stacklevel=3)
+    for note in built.notes:
+        log.info("host code: %s", note)
+    for r in cuda:
+        r.host_keys = tuple(built.keys_for(r.cache_key or ""))
 
 
 def _run_in_lanes(indices: list[int], specs: list[KernelSpec], env: Mapping[str, str], cfg: Mapping[str, Any],

@@ -59,7 +59,7 @@ from triton import knobs
 from triton.runtime.cache import CacheManager, FileCacheManager, RemoteCacheBackend
 
 from .bundle.lazy import LazyBundle
-from .bundle.restore import _sentinel_swap, check_sentinel_growth
+from .bundle.restore import sentinel_swap, check_sentinel_growth
 from .bundle.rules import REPLACE_SENTINEL
 from .errors import PyRuntimeError
 from .store import (
@@ -319,7 +319,7 @@ class StoreRemoteBackend(RemoteCacheBackend):
         except (PyRuntimeError, OSError, ValueError) as e:
             self._failed(e)
             return {}
-        sentinel, prefix = _sentinel_swap(bundles.cache_dir)
+        sentinel, prefix = sentinel_swap(bundles.cache_dir)
         try:
             check_sentinel_growth(table, [("", self._key, 0, len(table.names))], {"": len(prefix)})
         except PyRuntimeError as e:

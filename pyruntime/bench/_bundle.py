@@ -100,7 +100,7 @@ def _file_writing_floor(loaded: Any, work: str) -> dict[str, float]:
     read_and_emit does it. Both implementations pay this file-system cost;
     it bounds how much faster any restore can be here."""
     from .. import config, core
-    from ..bundle.restore import _file_table, _sentinel_swap
+    from ..bundle.restore import _file_table, sentinel_swap
 
     out = {}
     table = _file_table(loaded)
@@ -113,7 +113,7 @@ def _file_writing_floor(loaded: Any, work: str) -> dict[str, float]:
         root = os.path.join(work, key)
         os.mkdir(root)
         t0 = time.perf_counter()
-        core.backend.write_kernels(root, table, jobs, threads, False, _sentinel_swap(root))
+        core.backend.write_kernels(root, table, jobs, threads, False, sentinel_swap(root))
         out[key] = time.perf_counter() - t0
     return out
 

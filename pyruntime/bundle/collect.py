@@ -40,8 +40,13 @@ from .. import config as _env
 from .. import core
 from ..core.twin import FileChanged, PackedEntry
 from ..errors import BundleFormatError
-from .compat import MismatchPolicy, installed_triton_abi, installed_triton_version, triton_cache_dir
-from .compat import abi_from_ext_suffix
+from .compat import (
+    MismatchPolicy,
+    abi_from_ext_suffix,
+    installed_triton_abi,
+    installed_triton_version,
+    triton_cache_dir,
+)
 from .format import kernel_layout, table_record
 from .model import (
     Buffer,
@@ -53,7 +58,6 @@ from .model import (
     mark_checked,
 )
 from .restore import restore
-from .rules import check_platform, check_version
 from .rules import (
     _BIN_EXTS,
     _SKIP_FILES,
@@ -62,7 +66,9 @@ from .rules import (
     check_abi,
     check_file_name,
     check_kernel_hash,
+    check_platform,
     check_target,
+    check_version,
     is_kernel_hash,
     is_litter,
 )

@@ -56,7 +56,6 @@ or foreign index is rebuilt. Layout (all integers little-endian)::
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import struct
@@ -74,8 +73,8 @@ from ..core import twin
 from ..core.twin import INDEX_REC, LZ4_MAX_RATIO, PACK_HEADER, PACK_MAGIC, PACK_VERSION, FileTable, check_name
 from ..errors import BundleFormatError
 from .format import BLOB_PREFIX, HEADER_NAME, KERNELS_NAME, parse_header, parse_kernels
-from .restore import _sentinel_swap, check_sentinel_growth
-from .rules import TMP_PREFIX, check_kernel_hash
+from .restore import check_sentinel_growth, conflict_policy, kernel_present, sentinel_swap
+from .rules import check_kernel_hash, restore_tmp_name
 
 _xxh3_64 = xxhash.xxh3_64_intdigest
 
@@ -430,29 +429,22 @@ class LazyBundle:
         check_kernel_hash(kernel_hash)
         root = os.fspath(cache_dir)
         final = os.path.join(root, kernel_hash)
-        if _has_files(final):
+        if kernel_present(final):
             return False
+        # a path held by a file, FIFO or symlink is replaced as restore does
+        # (PYRUNTIME_RESTORE_ON_CONFLICT), never followed and never "present"
+        replace = conflict_policy(None) == "replace"
         table = self.kernel_table(kernel_hash)
         os.makedirs(root, exist_ok=True)
         do_fsync = _env.fsync_enabled() if fsync is None else bool(fsync)
-        tmp = f"{TMP_PREFIX}pid_{os.getpid()}_{os.urandom(6).hex()}_lazy"
+        # the restore's name pattern: its writer holds an flock on it, which
+        # is what tells cleaners it is in use
+        tmp = restore_tmp_name(os.getpid(), os.urandom(6).hex(), 0)
         job = (tmp, kernel_hash, 0, len(table.names))
-        swap = _sentinel_swap(root)
+        swap = sentinel_swap(root)
         check_sentinel_growth(table, [job], {root: len(swap[1])})  # restore's cap, before any write
         # One kernel on the caller's thread: the pure-Python writer (the C
         # core's twin, same bytes) costs what the C one does here and starts
         # no worker pool, whose threads a lookup has no use for.
-        done = twin.write_kernels(root, table, [job], 1, do_fsync, swap)
+        done = twin.write_kernels(root, table, [job], 1, do_fsync, swap, replace=replace)
         return done[0][0] in _LANDED
-
-
-def _has_files(path: str) -> bool:
-    try:
-        with os.scandir(path) as it:
-            return any(True for _ in it)
-    except (FileNotFoundError, NotADirectoryError):
-        return False
-    except OSError as e:
-        if e.errno == errno.ENOENT:
-            return False
-        raise

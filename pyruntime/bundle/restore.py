@@ -339,6 +339,12 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def kernel_present(path: str) -> bool:
+    """Whether ``path`` is a kernel directory in place: a real directory
+    (never a symlink to one) holding files."""
+    return _blocker(path) is None and _dir_has_files(path)
+
+
 def _dir_has_files(path: str) -> bool:
     try:
         with os.scandir(path) as it:
@@ -374,7 +380,7 @@ def _restored_kernel_names(kernels: list[KernelRow], names: Sequence[str], resto
     return out
 
 
-def _sentinel_swap(root: str) -> Swap:
+def sentinel_swap(root: str) -> Swap:
     """``[REPLACE]`` in a kernel's ``.json`` files becomes the absolute path
     of its directory under ``root``, JSON-escaped (so any directory name
     keeps the file valid; a kernel hash needs no escaping)."""
@@ -544,7 +550,7 @@ def restore(
     table = _file_table(bundle, checked) if jobs else None
     if table is not None:  # before the first byte is written
         check_sentinel_growth(table, [j for todo_here in jobs.values() for _, j in todo_here],
-                              {root: len(_sentinel_swap(root)[1]) for root in jobs})
+                              {root: len(sentinel_swap(root)[1]) for root in jobs})
     for root, names in litter.items():
         if names:
             removed, _ = _sweep([(os.path.join(root, x), x, True) for x in names], DEFAULT_MAX_AGE_S,
@@ -553,7 +559,7 @@ def restore(
     for root, todo_here in jobs.items():
         threads = max(1, min(_env.io_threads(), len(todo_here) // KERNELS_PER_THREAD))
         done = backend.write_kernels(root, table, [j for _, j in todo_here], threads, do_fsync,
-                                     _sentinel_swap(root), replace=conflicts_policy == "replace", after_file=hook)
+                                     sentinel_swap(root), replace=conflicts_policy == "replace", after_file=hook)
         for (k, _), w in zip(todo_here, done):
             h = k.kernel_hash
             if w.outcome in (KERNEL_RENAMED, KERNEL_REPLACED):
