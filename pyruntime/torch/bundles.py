@@ -22,6 +22,7 @@ run compiles: Triton then finds every kernel in its cache.
 from __future__ import annotations
 
 import logging
+import dataclasses
 import os
 import threading
 from typing import Any, Iterable
@@ -237,9 +238,20 @@ def restore_triton_bundle(bundle: TritonBundle | str | os.PathLike[str],
         if total is None:
             total = r
         else:
-            for name in ("restored", "existing", "kernel_names", "stale_removed"):
-                getattr(total, name).extend(getattr(r, name))
-            total.incompatible.update(r.incompatible)
-            total.files_written += r.files_written
-            total.bytes_written += r.bytes_written
+            _add(total, r)
     return total if total is not None else bundle.restore(inductor_triton_cache_dir(0), **restore_kwargs)
+
+
+def _add(total: RestoreResult, part: RestoreResult) -> None:
+    """Fold ``part`` into ``total``: lists extended, maps merged, counts
+    summed, every field of :class:`RestoreResult` (the last message kept)."""
+    for f in dataclasses.fields(RestoreResult):
+        mine, theirs = getattr(total, f.name), getattr(part, f.name)
+        if isinstance(mine, list):
+            mine.extend(theirs)
+        elif isinstance(mine, dict):
+            mine.update(theirs)
+        elif isinstance(mine, int):
+            setattr(total, f.name, mine + theirs)
+        elif theirs is not None:
+            setattr(total, f.name, theirs)
