@@ -101,6 +101,20 @@ def shutdown_grace_s() -> float:
     return _float("PYRUNTIME_SHUTDOWN_GRACE", 2.0)
 
 
+def pipe_size() -> int:
+    """PYRUNTIME_PIPE_SIZE: bytes the sidecar asks for with F_SETPIPE_SZ on
+    each worker's job and result pipe (default 1 MiB; 0 keeps the kernel's
+    default). The kernel rounds up to a power-of-two number of pages and
+    silently keeps its default when the size is refused (over
+    /proc/sys/fs/pipe-max-size, or an unprivileged user past
+    pipe-user-pages-soft, who then gets pipes of one or two pages). 4096
+    forces one-page pipes: the pool must stay live with them."""
+    n = _int("PYRUNTIME_PIPE_SIZE", 1 << 20)
+    if not 0 <= n <= 1 << 30:
+        raise ValueError(f"environment variable PYRUNTIME_PIPE_SIZE={n} is not 0 to 1073741824")
+    return n
+
+
 def bundle_enabled() -> bool | None:
     """PYRUNTIME_BUNDLE: 1/0 turns kernel recording on/off; unset defers to config."""
     raw = os.environ.get("PYRUNTIME_BUNDLE")

@@ -33,7 +33,6 @@ from . import _protocol as P
 from . import config
 
 F_SETPIPE_SZ = 1031
-PIPE_SIZE = 1 << 20  # one write for MiB payloads; the default limit for users
 MEMORY_POLL_S = 0.05
 CRASH_LOOP_LIMIT = 5  # workers dying within a second of start, in a row
 
@@ -65,6 +64,8 @@ class Sidecar:
     stopping: bool = False
     sel: selectors.BaseSelector = field(default_factory=selectors.DefaultSelector)
     debug: bool = field(default_factory=config.debug)
+    # PYRUNTIME_PIPE_SIZE, 1 MiB by default: one write for MiB payloads
+    pipe_size: int = field(default_factory=config.pipe_size)
 
     def note(self, text: str) -> None:
         """One line on stderr (the pool's log file or the caller's stderr)."""
@@ -82,10 +83,12 @@ class Sidecar:
         job_r, job_w = os.pipe()
         res_r, res_w = os.pipe()
         for fd in (job_w, res_w):
+            if not self.pipe_size:
+                break
             try:
-                fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
+                fcntl.fcntl(fd, F_SETPIPE_SZ, self.pipe_size)
             except OSError:
-                pass  # over /proc/sys/fs/pipe-max-size: keep the default
+                pass  # over pipe-max-size or the user's pipe pages: keep the default
         return job_r, job_w, res_r, res_w
 
     def spawn_worker(self) -> None:

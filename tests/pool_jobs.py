@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import os
+import pickle
 import signal
 import sys
 import time
 
 from pyruntime import SubprocPickler
+from pyruntime._protocol import RESULT
+from pyruntime.framing import write_frame
 
 STATE: dict[str, object] = {}
 
@@ -95,3 +99,67 @@ class CountingPickler(SubprocPickler):
     def loads(self, data):
         assert bytes(data[:1]) == b"C", "payload not written by CountingPickler"
         return super().loads(memoryview(data)[1:])
+
+
+# --- liveness tests (tests/test_pool_liveness.py) ---------------------------
+F_GETPIPE_SZ = 1032
+_BLOBS: dict[int, bytes] = {}
+
+
+def blob(mib, pad=b""):
+    """A result of ``mib`` MiB; the bytes object is made once per worker, so
+    the job itself is quick (the pool then queues call items behind it)."""
+    data = _BLOBS.get(mib)
+    if data is None:
+        data = _BLOBS[mib] = bytes(mib << 20)
+    return data
+
+
+def length(data):
+    return len(data)
+
+
+def pipe_fds():
+    """This worker's (job fd, result fd): the read and the write end of a
+    pipe among its descriptors past stdio. A forked worker keeps only stdio
+    and those two (pyruntime.sidecar closes the rest); a spawned one is
+    handed exactly those two."""
+    job_fd = result_fd = None
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd <= 2:
+            continue
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        except OSError:  # the directory listing's own descriptor
+            continue
+        if not target.startswith("pipe:"):
+            continue
+        if flags & os.O_ACCMODE == os.O_WRONLY:
+            assert result_fd is None, "more than one pipe write end in the worker"
+            result_fd = fd
+        else:
+            assert job_fd is None, "more than one pipe read end in the worker"
+            job_fd = fd
+    assert job_fd is not None and result_fd is not None
+    return job_fd, result_fd
+
+
+def pipe_sizes():
+    return [fcntl.fcntl(fd, F_GETPIPE_SZ) for fd in pipe_fds()]
+
+
+def write_result_fd(data, sleep_s=0.0, value="done"):
+    """Write raw bytes to the worker's own result pipe (garbage, as far as
+    the caller's framing goes), then sleep, then return normally."""
+    os.write(pipe_fds()[1], data)
+    time.sleep(sleep_s)
+    return value
+
+
+def forge_result(job_id, sleep_s=0.0):
+    """Write a well-formed result item for another job id, then sleep."""
+    write_frame(pipe_fds()[1], RESULT, job_id, pickle.dumps((0.0, "forged")))
+    time.sleep(sleep_s)
+    return "real"
