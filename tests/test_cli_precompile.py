@@ -125,7 +125,9 @@ def test_success_then_already_cached_and_bundle(workdir: Path) -> None:
 
         assert re.search(r"bundle: out/kernels.bundle \(3 kernels, [\d.]+ KiB\)", again.stdout)
         bundle = TritonBundle.load(workdir / "out" / "kernels.bundle")
-        assert len(bundle) == 3 and bundle.targets == ["cuda:80"]
+        # the 3 kernels, and the host code (Triton's cuda_utils) built for them
+        assert sum(k.kind == "kernel" for k in bundle.kernel_artifacts) == 3 and bundle.targets == ["cuda:80"]
+        assert all(k.kind in ("kernel", "host") for k in bundle.kernel_artifacts)
 
 
 def test_user_errors_exit_2_without_traceback(workdir: Path) -> None:
