@@ -393,7 +393,8 @@ def _columns_if_plain(kernels: list[Any], blob_lens: list[int]) -> Columns | Non
                     or not _is_device(k["device"]):
                 return None
             check_target(k["target"])
-            _check_optional(k, "?")
+            if len(k) > len(_KERNEL_KEYS):
+                _check_optional(k, "?")
             check_version(k["triton_version"], "triton_version")
         files = [f for k in kernels for f in k["files"]]
         if files:

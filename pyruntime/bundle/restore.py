@@ -398,6 +398,12 @@ def check_sentinel_growth(table: FileTable, jobs: list[KernelJob], prefix_len: d
     directory, without the kernel's own name, which is at most 128 bytes)."""
     longest = max(prefix_len.values(), default=0) + 128
     grow = max(0, longest - len(REPLACE_SENTINEL))
+    # the usual case in two C-speed calls: even if every byte of every file
+    # were sentinels, nothing could pass a limit, so there is nothing to count
+    sizes = table.sizes
+    if sizes and (sum(sizes) // len(REPLACE_SENTINEL) * grow <= MAX_SENTINEL_GROWTH
+                  and max(sizes) // len(REPLACE_SENTINEL) * grow + max(sizes) <= MAX_JSON_FILE_BYTES):
+        return
     total = 0
     for _tmp, final, first, count in jobs:
         for i in range(first, first + count):
