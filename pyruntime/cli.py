@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "pyruntime._cli_bundle",  # bundle ..., cache ...
     "pyruntime._cli_store",  # store push, pull, ls
     "pyruntime._cli_record",  # record
+    "pyruntime._cli_torch",  # torch export, import, verify, inspect, sign, keygen
 )
 
 

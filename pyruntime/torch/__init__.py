@@ -1,7 +1,7 @@
 """pyruntime for PyTorch Inductor (the optional ``torch`` extra).
 
 This is the only part of pyruntime that imports torch; ``import pyruntime``
-never does. Three integrations:
+never does. Four integrations:
 
 1. :func:`use_pyruntime_pool` makes Inductor's async compile (its Triton
    compile-worker pool) use a pyruntime :class:`~pyruntime.pool.SubprocPool`;
@@ -11,7 +11,11 @@ never does. Three integrations:
    :func:`record_triton_kernels` (or :func:`export_triton_cache`) exports the
    Triton kernels of a torch.compile run to a bundle file, and
    :func:`restore_triton_bundle` puts them into the cache before the next run.
-3. :func:`use_pyruntime_fx_subprocess` runs Inductor's subprocess FX-compile
+3. :func:`save_compile_artifacts` / :func:`load_compile_artifacts` carry
+   everything a torch.compile warm start needs (torch's Mega-Cache, the
+   Triton kernels, autotuning results, compiled libraries) in one verified,
+   optionally signed file (:mod:`pyruntime.torch.artifacts`, docs/TORCH.md).
+4. :func:`use_pyruntime_fx_subprocess` runs Inductor's subprocess FX-compile
    mode on pyruntime's out-of-process child
    (:func:`pyruntime.outofproc.run_out_of_process`), which clears its caches
    only when the parent's cache generation moved.
@@ -45,6 +49,16 @@ _LAZY = {
     "restore_inductor_pool": "pool",
     "use_pyruntime_pool": "pool",
     "InductorPickler": "_inductor_worker",
+    "ArtifactsInfo": "artifacts",
+    "CacheKindReport": "artifacts",
+    "LoadReport": "artifacts",
+    "SaveSummary": "artifacts",
+    "SignatureError": "artifacts",
+    "generate_signing_key": "artifacts",
+    "load_compile_artifacts": "artifacts",
+    "read_compile_artifacts": "artifacts",
+    "save_compile_artifacts": "artifacts",
+    "sign_compile_artifacts": "artifacts",
 }
 
 __all__ = sorted(_LAZY)
@@ -76,6 +90,18 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from ._inductor_worker import InductorPickler
+    from .artifacts import (
+        ArtifactsInfo,
+        CacheKindReport,
+        LoadReport,
+        SaveSummary,
+        SignatureError,
+        generate_signing_key,
+        load_compile_artifacts,
+        read_compile_artifacts,
+        save_compile_artifacts,
+        sign_compile_artifacts,
+    )
     from .bundles import (
         KernelRecorder,
         export_triton_cache,
