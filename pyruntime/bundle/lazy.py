@@ -63,14 +63,13 @@ import sys
 import threading
 from typing import Any, Sequence
 
-import lz4.block
 import xxhash
 
 from .. import config as _env
 from .. import core, packing
 from .._atomic import write_atomic
 from ..core import twin
-from ..core.twin import INDEX_REC, LZ4_MAX_RATIO, PACK_HEADER, PACK_MAGIC, PACK_VERSION, FileTable, check_name
+from ..core.twin import PACK_HEADER, FileTable, IndexEntry, parse_index, parse_pack_header, unpack_entry
 from ..errors import BundleFormatError
 from .format import BLOB_PREFIX, HEADER_NAME, KERNELS_NAME, parse_header, parse_kernels
 from .restore import check_sentinel_growth, conflict_policy, kernel_present, sentinel_swap
@@ -111,90 +110,24 @@ class _Container:
     def __init__(self, fd: int, path: str) -> None:
         size = os.fstat(fd).st_size
         self.file_size = size
-        if size < PACK_HEADER.size:
-            raise BundleFormatError(f"truncated: {size} bytes, the header alone needs {PACK_HEADER.size}")
-        self.head = _pread_exact(fd, PACK_HEADER.size, 0, path)
-        magic, version, flags, count, index_len, data_len, index_sum = PACK_HEADER.unpack(self.head)
-        if magic != PACK_MAGIC:
-            raise BundleFormatError("bad magic: not a pyruntime pack")
-        if version != PACK_VERSION:
-            raise BundleFormatError(f"unknown format version {version} (this build reads {PACK_VERSION})")
-        if flags:
-            raise BundleFormatError(f"unknown flags 0x{flags:04x}")
-        want = PACK_HEADER.size + index_len
-        if want + data_len > size:
-            raise BundleFormatError(f"truncated: header declares more bytes than the {size} present")
-        if want + data_len < size:
-            raise BundleFormatError(f"{size - want - data_len} trailing bytes after the data")
-        if count * INDEX_REC.size > index_len:
-            raise BundleFormatError(f"entry count {count} does not fit the {index_len}-byte index")
+        self.head = _pread_exact(fd, PACK_HEADER.size, 0, path) if size >= PACK_HEADER.size else b""
+        self.count, index_len, index_sum = parse_pack_header(self.head, size)
         self.index = _pread_exact(fd, index_len, PACK_HEADER.size, path)
         if _xxh3_64(self.index) != index_sum:
             raise BundleFormatError("index checksum mismatch")
-        self.count = count
-        self.data_start = want
+        self.data_start = PACK_HEADER.size + index_len
 
-    def entries(self) -> list[tuple[bytes, int, int, int, int, int]]:
+    def entries(self) -> list[IndexEntry]:
         """Every record, checked in unpack's order: (name, method, raw size,
         stored size, checksum, data offset)."""
-        idx, n = self.index, self.file_size
-        pos, end, data_off, total = 0, len(self.index), self.data_start, 0
-        max_entry, max_total = packing.DEFAULT_MAX_ENTRY, packing.DEFAULT_MAX_TOTAL
-        out = []
-        for i in range(self.count):
-            if end - pos < INDEX_REC.size:
-                raise BundleFormatError(f"entry {i}: index ends inside its record")
-            name_len, method, reserved, raw, stored, checksum = INDEX_REC.unpack_from(idx, pos)
-            pos += INDEX_REC.size
-            if end - pos < name_len:
-                raise BundleFormatError(f"entry {i}: name runs past the index")
-            name = idx[pos:pos + name_len]
-            pos += name_len
-            if reserved:
-                raise BundleFormatError(f"entry {i}: reserved byte is not zero")
-            check_name(name, i)
-            if method == 0 and stored != raw:
-                raise BundleFormatError(f"entry {i}: stored size differs from raw size")
-            if method == 1 and (stored == 0 or stored >= raw or raw // LZ4_MAX_RATIO > stored):
-                raise BundleFormatError(f"entry {i}: impossible LZ4 sizes ({stored} -> {raw})")
-            if method > 1:
-                raise BundleFormatError(f"entry {i}: unknown method {method}")
-            if raw > max_entry:
-                raise BundleFormatError(f"entry '{_shown(name)}' declares {raw} bytes, over the {max_entry}-byte limit")
-            if stored > n - data_off:
-                raise BundleFormatError(f"entry {i}: data runs past the end")
-            out.append((name, method, raw, stored, checksum, data_off))
-            data_off += stored
-            total += raw
-            if total > max_total:
-                raise BundleFormatError(f"entries declare more than the {max_total}-byte total limit")
-        if pos != end:
-            raise BundleFormatError(f"{end - pos} unused bytes at the end of the index")
-        if data_off != n:
-            raise BundleFormatError("entry sizes do not add up to the data length")
-        names = sorted(e[0] for e in out)
-        for a, b in zip(names, names[1:]):
-            if a == b:
-                raise BundleFormatError(f"duplicate entry name '{_shown(a)}'")
-        return out
+        return parse_index(self.index, self.count, self.file_size, packing.DEFAULT_MAX_ENTRY,
+                           packing.DEFAULT_MAX_TOTAL)
 
 
 def _read_entry(fd: int, path: str, name: str, method: int, raw: int, stored: int, checksum: int,
                 offset: int) -> bytes:
     """One entry's contents, decompressed and checked against its XXH3-64."""
-    block = _pread_exact(fd, stored, offset, path)
-    if method == 1:
-        try:
-            data = lz4.block.decompress(block, uncompressed_size=raw)
-        except lz4.block.LZ4BlockError:
-            raise BundleFormatError(f"entry '{_shown(name)}': corrupt LZ4 block") from None
-        if len(data) != raw:
-            raise BundleFormatError(f"entry '{_shown(name)}': corrupt LZ4 block")
-    else:
-        data = block
-    if _xxh3_64(data) != checksum:
-        raise BundleFormatError(f"entry '{_shown(name)}': checksum mismatch")
-    return data
+    return unpack_entry(_pread_exact(fd, stored, offset, path), name, method, raw, checksum)
 
 
 class _Index:

@@ -245,7 +245,9 @@ def hash_dir(path: str | os.PathLike[str]) -> str:
 NAME_SHOWN = 64  # bytes of a name quoted in a message, as in packing.c
 
 
-def _shown(name: bytes) -> str:
+def _shown(name: bytes | str) -> str:
+    if isinstance(name, str):
+        name = name.encode("utf-8", "replace")
     return name[:NAME_SHOWN].decode(errors="replace") + ("..." if len(name) > NAME_SHOWN else "")
 
 
@@ -293,12 +295,18 @@ def pack(entries: Sequence[tuple[bytes, bytes | bytearray | memoryview]]) -> byt
     return b"".join([header, index, *blocks])
 
 
-def unpack(data: bytes | bytearray | memoryview, max_entry: int, max_total: int) -> list[tuple[bytes, bytes]]:
-    mv = memoryview(data).cast("B")
-    n = len(mv)
-    if n < PACK_HEADER.size:
-        raise BundleFormatError(f"truncated: {n} bytes, the header alone needs {PACK_HEADER.size}")
-    magic, version, flags, count, index_len, data_len, index_sum = PACK_HEADER.unpack_from(mv)
+#: An index record as :func:`parse_index` gives it: name, method, raw
+#: size, stored size, XXH3-64 of the raw bytes, offset of the stored bytes.
+IndexEntry = tuple[bytes, int, int, int, int, int]
+
+
+def parse_pack_header(head: bytes | bytearray | memoryview, size: int) -> tuple[int, int, int]:
+    """Check a container's 32-byte header against the container's ``size``
+    (the header alone may be at hand: the lazy reader reads no more);
+    returns the entry count, the index length and the index's XXH3-64."""
+    if size < PACK_HEADER.size:
+        raise BundleFormatError(f"truncated: {size} bytes, the header alone needs {PACK_HEADER.size}")
+    magic, version, flags, count, index_len, data_len, index_sum = PACK_HEADER.unpack_from(head)
     if magic != PACK_MAGIC:
         raise BundleFormatError("bad magic: not a pyruntime pack")
     if version != PACK_VERSION:
@@ -306,25 +314,31 @@ def unpack(data: bytes | bytearray | memoryview, max_entry: int, max_total: int)
     if flags:
         raise BundleFormatError(f"unknown flags 0x{flags:04x}")
     want = PACK_HEADER.size + index_len
-    if want + data_len > n:
-        raise BundleFormatError(f"truncated: header declares more bytes than the {n} present")
-    if want + data_len < n:
-        raise BundleFormatError(f"{n - want - data_len} trailing bytes after the data")
+    if want + data_len > size:
+        raise BundleFormatError(f"truncated: header declares more bytes than the {size} present")
+    if want + data_len < size:
+        raise BundleFormatError(f"{size - want - data_len} trailing bytes after the data")
     if count * INDEX_REC.size > index_len:
         raise BundleFormatError(f"entry count {count} does not fit the {index_len}-byte index")
-    if _xxh3_64(mv[PACK_HEADER.size:want]) != index_sum:
-        raise BundleFormatError("index checksum mismatch")
+    return count, index_len, index_sum
 
-    pos, end, data_off, total = PACK_HEADER.size, want, want, 0
+
+def parse_index(index: bytes | bytearray | memoryview, count: int, size: int, max_entry: int,
+                max_total: int) -> list[IndexEntry]:
+    """Check every record of a container's (checksummed) index, in order,
+    for a container of ``size`` bytes: names, methods, sizes, limits, that
+    the data tiles the rest of the container, no name twice."""
+    idx = memoryview(index).cast("B")
+    pos, end, data_off, total = 0, len(idx), PACK_HEADER.size + len(idx), 0
     parsed = []
     for i in range(count):
         if end - pos < INDEX_REC.size:
             raise BundleFormatError(f"entry {i}: index ends inside its record")
-        name_len, method, reserved, raw, stored, checksum = INDEX_REC.unpack_from(mv, pos)
+        name_len, method, reserved, raw, stored, checksum = INDEX_REC.unpack_from(idx, pos)
         pos += INDEX_REC.size
         if end - pos < name_len:
             raise BundleFormatError(f"entry {i}: name runs past the index")
-        name = bytes(mv[pos:pos + name_len])
+        name = bytes(idx[pos:pos + name_len])
         pos += name_len
         if reserved:
             raise BundleFormatError(f"entry {i}: reserved byte is not zero")
@@ -339,7 +353,7 @@ def unpack(data: bytes | bytearray | memoryview, max_entry: int, max_total: int)
             raise BundleFormatError(
                 f"entry '{_shown(name)}' declares {raw} bytes, over the {max_entry}-byte limit"
             )
-        if stored > n - data_off:
+        if stored > size - data_off:
             raise BundleFormatError(f"entry {i}: data runs past the end")
         parsed.append((name, method, raw, stored, checksum, data_off))
         data_off += stored
@@ -348,30 +362,41 @@ def unpack(data: bytes | bytearray | memoryview, max_entry: int, max_total: int)
             raise BundleFormatError(f"entries declare more than the {max_total}-byte total limit")
     if pos != end:
         raise BundleFormatError(f"{end - pos} unused bytes at the end of the index")
-    if data_off != n:
+    if data_off != size:
         raise BundleFormatError("entry sizes do not add up to the data length")
     seen: set[bytes] = set()
     for name, *_ in sorted(parsed):
         if name in seen:
             raise BundleFormatError(f"duplicate entry name '{_shown(name)}'")
         seen.add(name)
+    return parsed
 
-    out = []
-    for name, method, raw, stored, checksum, off in parsed:
-        block = mv[off:off + stored]
-        if method == 0:
-            content = bytes(block)
-        else:
-            try:
-                content = lz4.block.decompress(block, uncompressed_size=raw)
-            except lz4.block.LZ4BlockError:
-                raise BundleFormatError(f"entry '{_shown(name)}': corrupt LZ4 block") from None
-            if len(content) != raw:
-                raise BundleFormatError(f"entry '{_shown(name)}': corrupt LZ4 block")
-        if _xxh3_64(content) != checksum:
-            raise BundleFormatError(f"entry '{_shown(name)}': checksum mismatch")
-        out.append((name, content))
-    return out
+
+def unpack_entry(block: bytes | bytearray | memoryview, name: bytes | str, method: int, raw: int,
+                 checksum: int) -> bytes:
+    """One entry's stored bytes, decompressed and checked against its XXH3-64."""
+    if method == 0:
+        content = bytes(block)
+    else:
+        try:
+            content = lz4.block.decompress(block, uncompressed_size=raw)
+        except lz4.block.LZ4BlockError:
+            raise BundleFormatError(f"entry '{_shown(name)}': corrupt LZ4 block") from None
+        if len(content) != raw:
+            raise BundleFormatError(f"entry '{_shown(name)}': corrupt LZ4 block")
+    if _xxh3_64(content) != checksum:
+        raise BundleFormatError(f"entry '{_shown(name)}': checksum mismatch")
+    return content
+
+
+def unpack(data: bytes | bytearray | memoryview, max_entry: int, max_total: int) -> list[tuple[bytes, bytes]]:
+    mv = memoryview(data).cast("B")
+    count, index_len, index_sum = parse_pack_header(mv[:PACK_HEADER.size], len(mv))
+    index = mv[PACK_HEADER.size:PACK_HEADER.size + index_len]
+    if _xxh3_64(index) != index_sum:
+        raise BundleFormatError("index checksum mismatch")
+    return [(name, unpack_entry(mv[off:off + stored], name, method, raw, checksum))
+            for name, method, raw, stored, checksum, off in parse_index(index, count, len(mv), max_entry, max_total)]
 
 
 # --------------------------------------------------------------------------
