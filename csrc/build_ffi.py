@@ -8,6 +8,11 @@ it never imports :mod:`pyruntime`. Environment knobs read at build time:
     tests only: the module then needs libasan (libtsan) preloaded.
 ``PYRUNTIME_STATIC_DEPS=1``
     link liblz4 and libxxhash statically (self-contained wheels).
+``PYRUNTIME_DEPS_PREFIX=DIR``
+    release builds (tools/build_wheels.sh): take ``lz4.h`` and ``xxhash.h``
+    from ``DIR/include`` and link the static archives ``DIR/lib/liblz4.a`` and
+    ``DIR/lib/libxxhash.a`` (built there from pinned upstream sources for an
+    old glibc) instead of the system libraries; pkg-config is not asked.
 """
 
 from __future__ import annotations
@@ -74,12 +79,28 @@ def _find_deps() -> tuple[list[str], list[str], list[str]]:
     return include_dirs, libraries, extra_link
 
 
+def _prefix_deps(prefix: str) -> tuple[list[str], list[str]]:
+    """Include dirs and static archives of a release build's dependency prefix."""
+    root = Path(prefix).resolve()
+    archives = [root / "lib" / f"{name}.a" for name in DEPS]
+    missing = [str(p) for p in [root / "include" / h for h, _, _ in DEPS.values()] + archives if not p.is_file()]
+    if missing:
+        sys.exit("pyruntime: PYRUNTIME_DEPS_PREFIX=%s lacks %s (tools/build_wheels.sh builds them)" % (prefix, ", ".join(missing)))
+    return [str(root / "include")], [str(p) for p in archives]
+
+
 def _cdef_text() -> str:
     return (HERE / "prt_core.cdef.h").read_text()
 
 
 def _make_builder() -> FFI:
-    include_dirs, libraries, extra_link = _find_deps()
+    extra_objects: list[str] = []
+    prefix = os.environ.get("PYRUNTIME_DEPS_PREFIX", "")
+    if prefix:
+        include_dirs, extra_objects = _prefix_deps(prefix)
+        libraries, extra_link = [], []
+    else:
+        include_dirs, libraries, extra_link = _find_deps()
     cflags = ["-O2", "-Wall", "-Wextra", "-Werror", "-std=gnu11", "-fvisibility=hidden", "-pthread"]
     ldflags = list(extra_link) + ["-pthread"]
     sanitize = os.environ.get("PYRUNTIME_SANITIZE", "")
@@ -96,6 +117,7 @@ def _make_builder() -> FFI:
         sources=[str(Path("csrc", s)) for s in SOURCES],
         include_dirs=[str(HERE)] + include_dirs,
         libraries=libraries,
+        extra_objects=extra_objects,
         extra_compile_args=cflags,
         extra_link_args=ldflags,
         py_limited_api=True,
