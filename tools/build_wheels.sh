@@ -192,9 +192,19 @@ log "auditwheel repair --plat $PLAT"
   || { cat "$BUILD/repair.log" >&2; exit 1; }
 WHEEL="$(ls "$STAGE"/repaired/pyruntime-*.whl)"
 name="$(basename "$WHEEL")"
-rm -f "$OUT"/pyruntime-*.whl "$OUT"/pyruntime-*.tar.gz "$OUT"/pyruntime-*.auditwheel.txt
+rm -f "$OUT"/pyruntime-*.whl "$OUT"/pyruntime-*.tar.gz "$OUT"/pyruntime-*.auditwheel.txt "$OUT"/pyruntime-*.build.txt
 cp "$WHEEL" "$SDIST" "$OUT/"
 "$PY" -m auditwheel show "$OUT/$name" > "$OUT/$name.auditwheel.txt"
+if [ "$FROM_GIT" = 1 ]; then src="git $(git -C "$ROOT" rev-parse --short HEAD) (git archive)"
+else src="working tree of git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet HEAD -- 2>/dev/null || echo ' with uncommitted changes')"; fi
+{
+  echo "source: $src"
+  echo "compiler: $($CC --version 2>/dev/null | head -1) ($CC_KIND)"
+  echo "linker: zig cc $("$PY" -m ziglang version) -target x86_64-linux-gnu.$GLIBC"
+  echo "static: liblz4 $LZ4_VERSION (sha256 $LZ4_SHA256), libxxhash $XXH_VERSION (sha256 $XXH_SHA256)"
+  echo "python: $("$PY" -c 'import sys; print(sys.version.split()[0])') headers, cffi $("$PY" -c 'import cffi; print(cffi.__version__)'), auditwheel $("$PY" -m auditwheel --version | cut -d' ' -f2)"
+  echo "sha256: $(sha256sum "$OUT/$name" | cut -d' ' -f1)"
+} > "$OUT/$name.build.txt"
 cat "$OUT/$name.auditwheel.txt" >&2
 
 # --- 5. checks ----------------------------------------------------------------------

@@ -82,7 +82,8 @@ write_table() {
     echo "# Wheel compatibility matrix, $DATE"
     echo
     echo "- wheel: \`$(basename "$WHEEL")\` (sha256 \`$(sha256sum "$WHEEL" | cut -c1-16)…\`)"
-    echo "- source: git \`$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')\`$(git -C "$ROOT" diff --quiet HEAD -- csrc pyruntime setup.py pyproject.toml 2>/dev/null || echo ' (with uncommitted changes)')"
+    if [ -f "$WHEEL.build.txt" ]; then sed 's/^/- wheel /' "$WHEEL.build.txt" | grep -v '^- wheel sha256'
+    else echo "- wheel built from: unknown (no $(basename "$WHEEL").build.txt)"; fi
     echo "- machine: $(uname -srm), $(nproc) cores, $(ldd --version 2>/dev/null | head -1 | sed 's/^ldd //'), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
     echo "- command: \`bash tools/compat_matrix.sh$([ "$CI_MODE" = 1 ] && echo ' --ci')\`; per cell a fresh venv with the wheel and \`triton==X\`"
     echo "- each cell: \`$TESTS\` (pytest, C core and twin) + \`tools/compat_roundtrip.py\` (precompile 3 kernels for cuda:90 without a GPU, bundle, restore, compare); **pass** = both; *no wheel* = that Triton has no wheel for that CPython on PyPI"
