@@ -166,6 +166,8 @@ if [ "$FROM_GIT" = 1 ]; then
   git -C "$ROOT" archive HEAD | tar -x -C "$TREE"
   log "building from git HEAD $(git -C "$ROOT" rev-parse --short HEAD)"
 fi
+# Zip timestamps from the commit: the same commit and toolchain give the same bytes.
+export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git -C "$ROOT" log -1 --format=%ct 2>/dev/null || date +%s)}"
 STAGE="$BUILD/stage"
 rm -rf "$STAGE" && mkdir -p "$STAGE"
 log "sdist"
@@ -202,7 +204,7 @@ else src="working tree of git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/nul
   echo "compiler: $($CC --version 2>/dev/null | head -1) ($CC_KIND)"
   echo "linker: zig cc $("$PY" -m ziglang version) -target x86_64-linux-gnu.$GLIBC"
   echo "static: liblz4 $LZ4_VERSION (sha256 $LZ4_SHA256), libxxhash $XXH_VERSION (sha256 $XXH_SHA256)"
-  echo "python: $("$PY" -c 'import sys; print(sys.version.split()[0])') headers, cffi $("$PY" -c 'import cffi; print(cffi.__version__)'), auditwheel $("$PY" -m auditwheel --version | cut -d' ' -f2)"
+  echo "python: $("$PY" -c 'import sys; print(sys.version.split()[0])') headers, cffi $("$PY" -c 'import cffi; print(cffi.__version__)'), auditwheel $("$PY" -c 'import importlib.metadata as m; print(m.version("auditwheel"))')"
   echo "sha256: $(sha256sum "$OUT/$name" | cut -d' ' -f1)"
 } > "$OUT/$name.build.txt"
 cat "$OUT/$name.auditwheel.txt" >&2
