@@ -307,7 +307,8 @@ def _inspect(args: argparse.Namespace) -> int:
     print()
     matrix: dict[tuple[str, str], int] = {}
     for k in info["kernels"]:
-        cell = (k["target"] or "-") if k["kind"] == "kernel" else f"host code ({k['platform'] or '?'})"
+        cell = {"kernel": k["target"] or "-", "host": f"host code ({k['platform'] or '?'})",
+                "autotune": "autotune results"}.get(k["kind"], k["kind"])
         key = (cell, k["triton_abi"] or "unknown abi")
         matrix[key] = matrix.get(key, 0) + 1
     if len(matrix) > 1 or any(k["kind"] != "kernel" for k in info["kernels"]):

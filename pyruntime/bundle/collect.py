@@ -49,6 +49,7 @@ from .compat import (
 )
 from .format import kernel_layout, table_record
 from .model import (
+    AUTOTUNE,
     Buffer,
     TritonBundle,
     TritonBundleEntry,
@@ -85,6 +86,16 @@ HOST_MARKER = "pyruntime.host.json"
 # A Python extension module Triton compiles into its cache: <module><EXT_SUFFIX>
 # (cuda_utils.cpython-312-x86_64-linux-gnu.so, __triton_launcher.cpython-...).
 _HOST_MODULE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}(\.[A-Za-z0-9_\-]{1,64}\.so)")
+
+
+def is_autotune_dir(names: Iterable[str]) -> bool:
+    """Whether a cache directory holds the autotuner's saved timings of
+    one kernel for one tuning key (``@triton.autotune(cache_results=True)``,
+    ``TRITON_CACHE_AUTOTUNING=1``): only ``<fn>.autotune.json`` files. Only
+    a machine with the GPU can make them (they are benchmarks); carried in
+    a bundle, they spare a launcher the benchmarking of every config."""
+    names = list(names)
+    return bool(names) and all(n.endswith(".autotune.json") for n in names)
 
 
 def host_dir_abi(names: Iterable[str]) -> str | None:
@@ -230,7 +241,7 @@ def _list_kernel_dir(path: str, complete_only: bool) -> list[os.DirEntry[str]] |
     if not entries:
         return None
     if complete_only and not any(e.name.startswith("__grp__") and e.name.endswith(".json") for e in entries) \
-            and host_dir_abi(e.name for e in entries) is None:
+            and host_dir_abi(e.name for e in entries) is None and not is_autotune_dir(e.name for e in entries):
         return None
     entries.sort(key=lambda e: e.name)
     return entries
@@ -369,7 +380,9 @@ def _prepare_kernel(
         ro = memoryview(blob).toreadonly()
         arts = [TritonKernelArtifact(n, ro[off:off + size]) for n, off, size in zip(names, offsets, sizes)]
         host_abi = host_dir_abi(names)
-        if host_abi is None:
+        if is_autotune_dir(names):
+            kernel = TritonKernelArtifacts(h, device, arts, target, version, AUTOTUNE)
+        elif host_abi is None:
             kernel = TritonKernelArtifacts(h, device, arts, target, version)
         else:
             marker = jsons[names.index(HOST_MARKER)] if HOST_MARKER in names else None

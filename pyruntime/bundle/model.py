@@ -45,7 +45,8 @@ Buffer = Union[bytes, bytearray, memoryview]
 #: The kinds of cache directory a bundle carries (TritonKernelArtifacts.kind).
 KERNEL = "kernel"
 HOST = "host"
-KINDS = (KERNEL, HOST)
+AUTOTUNE = "autotune"
+KINDS = (KERNEL, HOST, AUTOTUNE)
 MismatchPolicy = Literal["warn", "error", "force"]
 ConflictPolicy = Literal["replace", "error", "skip"]
 
@@ -89,10 +90,11 @@ class TritonKernelArtifacts:
     ``"hip:gfx942"``, ...) and ``triton_version`` come from the kernel's
     metadata ``.json`` when it has them.
 
-    ``kind`` is ``"kernel"`` (GPU code, looked up by Triton's JIT) or
+    ``kind`` is ``"kernel"`` (GPU code, looked up by Triton's JIT),
     ``"host"`` (host code: a launcher stub or ``cuda_utils`` module Triton
     would otherwise build with a C compiler on first launch; machine code
-    for one platform and Python ABI). ``triton_abi`` and ``platform`` say
+    for one platform and Python ABI) or ``"autotune"`` (the autotuner's
+    saved timings of every config for one tuning key). ``triton_abi`` and ``platform`` say
     which Python ABI tag and platform (``"linux-x86_64"``) an entry was
     built for when known; a kernel without its own ``triton_abi`` has the
     bundle's."""

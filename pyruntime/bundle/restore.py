@@ -103,6 +103,7 @@ from .compat import (
     triton_cache_dir,
 )
 from .model import (
+    HOST,
     KERNEL,
     ConflictPolicy,
     KernelRow,
@@ -445,7 +446,7 @@ def _kernel_reasons(bundle: TritonBundle, kernels: list[KernelRow], installed: s
     reasons: list[str | None] = []
     for k in kernels:
         abi = k.triton_abi or bundle.triton_abi
-        if k.kind != KERNEL:
+        if k.kind == HOST:
             why = "host code is turned off" if not host_code else host_code_reason(k, installed, local_abi,
                                                                                    bundle.triton_abi)
             if why is not None:

@@ -217,9 +217,9 @@ def check_platform(platform: object) -> str | None:
 
 
 def check_kind(kind: object, kernel_hash: str = "?") -> str:
-    """Return ``kind`` if it is ``"kernel"`` or ``"host"``."""
-    if kind not in ("kernel", "host"):
-        raise BundleFormatError(f"kernel {kernel_hash}: kind {shown(kind)} is not 'kernel' or 'host'")
+    """Return ``kind`` if it is ``"kernel"``, ``"host"`` or ``"autotune"``."""
+    if kind not in ("kernel", "host", "autotune"):
+        raise BundleFormatError(f"kernel {kernel_hash}: kind {shown(kind)} is not 'kernel', 'host' or 'autotune'")
     return kind  # type: ignore[return-value]
 
 
