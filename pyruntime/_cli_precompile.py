@@ -13,9 +13,20 @@ kernels were compiled, found already cached or failed, the wall time, the
 sum of per-kernel compile times and the speed-up of the pool over building
 them one after another. Failed kernels are listed with Triton's diagnostic.
 
+Fleet scale (:mod:`pyruntime.precompile_report`, :mod:`pyruntime.executors`):
+the kernel modules are imported once (in the pool's sidecar, before the
+workers fork; the summary shows that time apart from the compile times);
+``--executor dask://HOST:PORT`` or ``dask-local:N`` builds on a Dask cluster
+and writes the kernels it sends back into the cache; every built kernel is
+journaled in the cache as it arrives and a rerun skips what the journal
+holds (``--no-resume`` does not); ``--json OUT.jsonl`` streams a line per
+kernel; progress shows the rate and an ETA.
+
 Exit status: 0 when every kernel built, 1 when any failed (no bundle is
 written then), 2 for bad input (an unreadable or invalid kernel list, an
-unknown target, ``local`` on a machine without a GPU).
+unknown target, ``local`` on a machine without a GPU, a bad ``--executor``),
+130 when Ctrl-C stopped it (what finished is journaled: run it again to
+resume).
 """
 
 from __future__ import annotations
@@ -24,11 +35,9 @@ import argparse
 import json
 import os
 import sys
-import time
 import warnings
 from typing import Any, Sequence
 
-from ._atomic import write_atomic
 from .errors import UserError
 
 __all__ = ["register", "run", "format_summary"]
@@ -50,7 +59,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--cache-dir", default=None, metavar="DIR",
                    help="Triton cache to build into (default: TRITON_CACHE_DIR or ~/.triton/cache)")
     p.add_argument("--bundle", default=None, metavar="OUT", help="write the built kernels to this bundle file")
-    p.add_argument("--json", dest="json_out", default=None, metavar="OUT", help="write per-kernel results as JSON")
+    p.add_argument("--json", dest="json_out", default=None, metavar="OUT",
+                   help="write per-kernel results as JSON at the end; OUT.jsonl streams one line per kernel")
+    p.add_argument("--executor", default=None, metavar="WHERE",
+                   help="local (the default pool), dask://HOST:PORT (a running Dask scheduler) or dask-local:N "
+                        "(a Dask LocalCluster of N processes); Dask needs pip install 'pyruntime[dask]'")
+    p.add_argument("--no-resume", action="store_true",
+                   help="build every kernel, even those the cache's journal says an earlier run built")
     p.add_argument("--pool", choices=("auto", "subproc", "process"), default="auto",
                    help="worker pool: the project's SubprocPool or a spawn ProcessPoolExecutor (default: auto)")
     p.add_argument("--dry-run", action="store_true",
@@ -136,17 +151,12 @@ def _load_specs(args: argparse.Namespace) -> list[Any]:
     return list(unique.values())
 
 
-def _write_json_atomic(path: str, data: Any) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    write_atomic(path, (json.dumps(data, indent=2, default=str) + "\n").encode("utf-8"))
-
-
 def _indent(text: str, prefix: str = "    ") -> str:
     return "\n".join(prefix + line for line in text.rstrip().splitlines())
 
 
 def format_summary(results: Sequence[Any], wall_s: float, *, workers: int | None = None,
-                   cache_dir: str | None = None, verbose: bool = False) -> str:
+                   cache_dir: str | None = None, verbose: bool = False, where: str | None = None) -> str:
     """The closing report: optional per-kernel lines, the totals table, then the failures."""
     n = len(results)
     compiled = sum(r.status == "compiled" for r in results)
@@ -156,6 +166,8 @@ def format_summary(results: Sequence[Any], wall_s: float, *, workers: int | None
     targets = ", ".join(dict.fromkeys(r.target for r in results)) or "-"
     out: list[str] = []
     head = f"precompile: {n} kernels for {targets}"
+    if where and where != "local":
+        head += f", {where}"
     if workers:
         head += f", {workers} workers"
     if cache_dir:
@@ -169,12 +181,16 @@ def format_summary(results: Sequence[Any], wall_s: float, *, workers: int | None
             key = (r.cache_key or "-")[:16]
             out.append(f"  {r.label:<{width}}  {r.target:<10}  {r.status:<8}  {r.compile_time_s:>6.3f} s  {key}")
     speedup = f"{kernel_s / wall_s:.2f}x" if wall_s > 0 and kernel_s > 0 else "n/a"
-    rate = f"{n / wall_s:.2f} kernels/s" if wall_s > 0 else "n/a"
+    resumed = sum(bool(getattr(r, "resumed", False)) for r in results)
+    rate = f"{(n - resumed) / wall_s:.2f} kernels/s" if wall_s > 0 else "n/a"  # what this run built
+    imports = getattr(results, "imports", None)
     rows = [
         ("compiled", f"{compiled}"),
         ("already cached", f"{cached}"),
+        *([("of them resumed", f"{resumed}")] if resumed else []),
         ("failed", f"{len(failed)}"),
         ("wall time", f"{wall_s:.2f} s"),
+        *([("module imports", f"{sum(m['seconds'] for m in imports):.2f} s")] if imports else []),
         ("sum of kernel times", f"{kernel_s:.2f} s"),
         ("speed-up", speedup),
         ("throughput", rate),
@@ -182,6 +198,11 @@ def format_summary(results: Sequence[Any], wall_s: float, *, workers: int | None
     out.append("")
     for k, v in rows:
         out.append(f"  {k:<20} {v:>12}")
+    from .precompile_report import imports_line  # like .precompile below: only when a command runs
+
+    line = imports_line(imports or [])
+    if line:
+        out.append(line)
     if failed:
         out.append("")
         out.append(f"failed kernels ({len(failed)}):")
@@ -230,7 +251,8 @@ def _dry_run(kernels_file: str, specs: Sequence[Any], cache_dir: str, workers: i
 
 def run(args: argparse.Namespace) -> int:
     from . import config
-    from .precompile import ProgressBar, default_cache_dir, precompile
+    from .precompile import default_cache_dir
+    from .precompile_report import ScaleProgress, run_build, write_json_report
 
     if args.workers is not None and args.workers < 1:
         raise _user_error(f"--workers must be at least 1, not {args.workers}")
@@ -245,30 +267,35 @@ def run(args: argparse.Namespace) -> int:
     if not specs:
         raise _user_error(f"{args.kernels_file}: the kernel list is empty")
 
-    bar = None if args.quiet else ProgressBar(sys.stderr)
-    start = time.perf_counter()
+    if args.executor and args.workers and not args.executor.strip() == "local":
+        raise _user_error("--workers sizes the local pool; a Dask executor has its own workers")
+    bar = None if args.quiet else ScaleProgress(sys.stderr)
     host_target = _host_target(args)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
-        results = precompile(specs, workers=workers, cache_dir=cache_dir, progress=bar, pool_kind=args.pool,
-                             host_code=args.host_code, host_target=host_target)
+        built = run_build(specs, cache_dir=cache_dir, workers=workers, executor=args.executor,
+                          resume=not args.no_resume, json_out=args.json_out, progress=bar, pool_kind=args.pool,
+                          host_code=args.host_code, host_target=host_target)
+    results = built.results
     for w in caught:  # host code: one line each
         if str(w.message).startswith("pyruntime:"):
             print(f"precompile: warning: {str(w.message)[len('pyruntime: '):]}", file=sys.stderr)
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    wall = time.perf_counter() - start
-    print(format_summary(results, wall, workers=min(workers, len(specs)), cache_dir=cache_dir,
-                         verbose=args.verbose))
+    wall = built.wall_s
+    print(format_summary(results, wall, workers=built.workers, cache_dir=cache_dir,
+                         verbose=args.verbose, where=built.where))
     host_line = _host_summary(results, cache_dir)
     if host_line:
         print(host_line)
     failed = [r for r in results if not r.ok]
-    if args.json_out:
-        _write_json_atomic(args.json_out, {
-            "cache_dir": cache_dir, "wall_s": wall, "workers": workers,
-            "results": [r.to_dict() for r in results],
-        })
+    if args.json_out and not args.json_out.endswith(".jsonl"):
+        write_json_report(args.json_out, built.summary(cache_dir), results)
+    if built.interrupted:
+        print(f"\ninterrupted: {len(results)} of {len(specs)} kernels done; the same command resumes "
+              f"({built.journal.written} more in the journal {built.journal.path})")
+        sys.stdout.flush()
+        return 130
     if collect is not None:
         if failed:
             print(f"\nbundle: not written ({len(failed)} kernels failed)")

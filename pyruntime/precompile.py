@@ -43,6 +43,20 @@ costs (imports, the libtriton hash, a probe build: about a second) before
 their first job (:func:`warm_worker`); SubprocPool's sidecar pays them once
 before forking, so its workers start warm for free.
 
+Scale (:mod:`pyruntime.executors`, :mod:`pyruntime.kernel_imports`). The
+modules a list names are imported once: SubprocPool's sidecar imports them
+before it forks the workers, which share them (a module that fails there is
+imported by each worker instead); ``import_s`` on a result is the import
+its build paid in its process (0 when the module was already there) and
+``compile_time_s`` the build alone; the returned list's ``imports`` says
+where each module was imported and what it cost. At most ``max_in_flight``
+jobs are submitted at a time. ``executor=`` runs the builds on any
+``concurrent.futures.Executor``, another machine's included (a Dask
+cluster's): the job returns the kernel packed and the caller writes it into
+the cache atomically. ``resume=`` skips specs an earlier run built
+(:class:`pyruntime.precompile_report.Journal`); ``on_result`` sees every
+result as it arrives.
+
 Supported Triton: 3.6 to 3.9 (``ASTSource(fn, signature, constexprs,
 attrs)``, ``GPUTarget``, ``knobs.compilation.listener`` and the file cache
 layout are the same across that range).
@@ -65,11 +79,14 @@ from typing import Any, Callable, Iterable, Mapping, TextIO
 
 from . import config
 from .compile_tasks import set_triton_ptxas_path, warm_triton, worker_compile_triton
+from .executors import default_window, executor_slots, packed_job, restore_packed, run_windowed, shutdown_now
+from .kernel_imports import import_kernel, kernel_source_file, preload_env, preload_report, summarize
 from .kernels import KernelSpec, resolve_target
 from .specialize import compile_inputs, record_compiled
 
 __all__ = [
     "PrecompileResult",
+    "PrecompileResults",
     "ProgressBar",
     "TritonBuild",
     "compile_spec",
@@ -88,6 +105,13 @@ TRITON_MODULES = ("triton", "triton.language", "triton.compiler.compiler",
 # Triton (imports, libtriton hash, one probe build) without starting threads,
 # so every forked worker starts warm.
 PRELOAD = ("pyruntime._triton_preload",)
+# Imported by the sidecar first when a run names kernel modules: it imports
+# them once, before the fork (pyruntime.kernel_imports).
+KERNEL_PRELOAD = "pyruntime._kernel_preload"
+# A worker of precompile's own SubprocPool is replaced (a fresh fork of the
+# sidecar: nothing to import again) after this many builds, which bounds
+# what long runs accumulate in it.
+JOBS_PER_WORKER = 256
 
 
 @dataclass
@@ -100,7 +124,7 @@ class PrecompileResult:
     cache_key: str | None = None  # kernel directory name under cache_dir
     hash: str | None = None  # CompiledKernel.hash (hex)
     path: str | None = None  # the kernel directory
-    compile_time_s: float = 0.0  # in the worker: load + compile (or cache hit)
+    compile_time_s: float = 0.0  # in the worker: the build (or cache hit), not the module's import
     cached: bool = False
     error: str | None = None
     traceback: str | None = None
@@ -109,6 +133,9 @@ class PrecompileResult:
     worker_pid: int | None = None
     # the host-code directories a launch of this kernel looks up (pyruntime.host_code)
     host_keys: tuple[str, ...] = ()
+    import_s: float = 0.0  # importing the kernel's module in this worker process (0: already there)
+    source_file: str | None = None  # the file defining the kernel (resume checks it has not changed)
+    resumed: bool = False  # not built: an earlier run did (precompile(resume=...))
 
     @property
     def ok(self) -> bool:
@@ -194,20 +221,27 @@ class TritonBuild:
 
 
 def compile_spec(spec: KernelSpec, extra_env: Mapping[str, str], extra_config: Mapping[str, Any]) -> PrecompileResult:
-    """The pool job: build ``spec``; never raises for a kernel that fails to build."""
+    """The pool job: build ``spec``; never raises for a kernel that fails to build.
+    The kernel's module is imported first, once per process
+    (:func:`~pyruntime.kernel_imports.import_kernel`): ``import_s`` is what
+    that cost this job, ``compile_time_s`` the build alone."""
     target = spec.target
     start = time.perf_counter()
+    import_s = 0.0
     try:
+        os.environ.update(extra_env)  # the import sees the environment the build does
+        import_s = import_kernel(spec)
         build, elapsed_us = worker_compile_triton(lambda: TritonBuild(spec), extra_env, extra_config)
     except Exception as e:
         return PrecompileResult(
-            spec=spec, target=target, name=spec.function_name, compile_time_s=time.perf_counter() - start,
+            spec=spec, target=target, name=spec.function_name,
+            compile_time_s=max(0.0, time.perf_counter() - start - import_s), import_s=import_s,
             error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(), worker_pid=os.getpid(),
         )
     return PrecompileResult(
         spec=spec, target=target, name=build.name, cache_key=build.cache_key, hash=build.hash, path=build.path,
         compile_time_s=elapsed_us / 1e6, cached=build.cached, warnings=tuple(build.warnings),
-        metadata=build.metadata, worker_pid=os.getpid(),
+        metadata=build.metadata, worker_pid=os.getpid(), import_s=import_s, source_file=kernel_source_file(spec),
     )
 
 
@@ -227,14 +261,18 @@ def warm_worker() -> None:
 # ------------------------------------------------------------ the pool
 
 
-def create_compile_pool(workers: int, *, kind: str = "auto") -> cf.Executor:
+def create_compile_pool(workers: int, *, kind: str = "auto", preload_specs: Iterable[KernelSpec] = (),
+                        env: Mapping[str, str] | None = None) -> cf.Executor:
     """The hook that makes precompile's own pool.
 
     ``kind="auto"`` uses the project's ``SubprocPool`` (workers forked from a
     clean sidecar that preloaded triton) when ``pyruntime.pool`` imports, else
     ``"process"``: a ``ProcessPoolExecutor`` with the spawn start method. Either way workers
     start warm (:func:`warm_worker`; SubprocPool's sidecar warms once, before
-    forking, via ``pyruntime._triton_preload``).
+    forking, via ``pyruntime._triton_preload``). With ``preload_specs`` the
+    sidecar also imports their modules once, before forking
+    (``pyruntime._kernel_preload``), with ``env`` (the builds' environment)
+    set; ProcessPoolExecutor workers import them on their first build.
     """
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
@@ -247,7 +285,10 @@ def create_compile_pool(workers: int, *, kind: str = "auto") -> cf.Executor:
             if kind == "subproc":
                 raise
         else:
-            return SubprocPool(workers, initializer=warm_worker, preload=PRELOAD)
+            kernel_env = preload_env(preload_specs)
+            return SubprocPool(workers, initializer=warm_worker,
+                               preload=((KERNEL_PRELOAD,) if kernel_env else ()) + PRELOAD,
+                               env={**(env or {}), **kernel_env}, max_jobs_per_worker=JOBS_PER_WORKER)
     import multiprocessing
 
     return cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=warm_worker)
@@ -361,6 +402,30 @@ def _job_error(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
+class PrecompileResults(list[PrecompileResult]):
+    """What :func:`precompile` returns: the results in spec order, and
+    ``imports``, one record per kernel module and process that imported it
+    (:func:`pyruntime.kernel_imports.summarize`: ``module``, ``seconds``,
+    ``pid``, ``where`` = ``"sidecar"`` (once, before the workers were
+    forked) or ``"worker"``, and ``error`` for a sidecar import that failed)."""
+
+    def __init__(self, results: Iterable[PrecompileResult] = (), imports: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(results)
+        self.imports: list[dict[str, Any]] = imports or []
+
+
+def _unpacked(value: Any, cache: str) -> PrecompileResult:
+    """An executor job's (result, packed kernel): the kernel written into ``cache``."""
+    r, data = value
+    if data is not None:
+        try:
+            restore_packed(r, data, cache)
+        except Exception as e:
+            return dataclasses.replace(r, path=None, error=(
+                f"the kernel built by the executor could not be written into {cache}: {type(e).__name__}: {e}"))
+    return r
+
+
 def precompile(
     specs: Iterable[KernelSpec],
     *,
@@ -373,7 +438,11 @@ def precompile(
     pool_kind: str = "auto",
     host_code: bool | None = None,
     host_target: Any = None,
-) -> list[PrecompileResult]:
+    executor: cf.Executor | None = None,
+    resume: Callable[[KernelSpec], PrecompileResult | None] | None = None,
+    on_result: Callable[[PrecompileResult], None] | None = None,
+    max_in_flight: int | None = None,
+) -> PrecompileResults:
     """Build every spec in a pool of workers; one result per spec, in order.
 
     ``workers`` (default: ``PYRUNTIME_WORKERS`` or the CPU count) sizes a
@@ -384,9 +453,19 @@ def precompile(
     ``update(result)`` and ``close()``. ``extra_env`` is set in the workers;
     ``extra_config`` patches ``triton.knobs`` there for each build.
 
+    ``executor`` runs the builds on any ``concurrent.futures.Executor``,
+    wherever its workers are (a Dask ``client.get_executor()``, say): each
+    job returns its kernel packed and the kernel is written into
+    ``cache_dir`` here (:mod:`pyruntime.executors`). ``resume(spec)`` returns
+    the result of a spec an earlier run built (``resumed=True``; not built
+    again) or None. ``on_result(result)`` is called in this thread for every
+    result as it arrives (resumed ones first). At most ``max_in_flight`` jobs
+    (default: 4 per worker, at least 16) are submitted at a time.
+
     Raises before building anything when a spec is not a KernelSpec or a
     target is unusable (``local`` without a GPU: :class:`~pyruntime.kernels.TargetError`);
-    kernel build failures are results, never exceptions.
+    kernel build failures are results, never exceptions. Ctrl-C stops the
+    pool without waiting for running builds and propagates.
 
     Host code (:mod:`pyruntime.host_code`): after the kernels, the launcher
     stubs and ``cuda_utils`` the CUDA kernels that built need are built
@@ -397,8 +476,9 @@ def precompile(
     targets and warns when it cannot; ``True`` raises
     :class:`~pyruntime.host_code.HostCodeError` then; ``False`` skips it.
     """
-    if pool is not None and workers is not None:
-        raise ValueError("give either workers or pool, not both")
+    given = [n for n, v in (("workers", workers), ("pool", pool), ("executor", executor)) if v is not None]
+    if len(given) > 1:
+        raise ValueError(f"give either workers or pool or executor, not {' and '.join(given)}")
     specs = list(specs)
     for i, s in enumerate(specs):
         if not isinstance(s, KernelSpec):
@@ -415,7 +495,7 @@ def precompile(
     cfg = dict(extra_config or {})
 
     if not specs:
-        return []
+        return PrecompileResults()
     bar: Any = ProgressBar() if progress is True else (progress or None)
     record = _BundlerHook(cache)
     results: list[PrecompileResult | None] = [None] * len(specs)
@@ -426,21 +506,42 @@ def precompile(
             record(r)
         if bar is not None:
             bar.update(r)
+        if on_result is not None:
+            on_result(r)
 
     if bar is not None:
         bar.start(len(specs))
-    own = pool is None
+    todo: list[int] = []
+    for i, spec in enumerate(specs):
+        earlier = resume(spec) if resume is not None else None
+        if earlier is None:
+            todo.append(i)
+        else:
+            finish(i, earlier)
+    own = pool is None and executor is None
     nworkers = workers if workers is not None else config.default_workers()
-    if own:
-        pool = create_compile_pool(max(1, min(nworkers, len(specs) or 1)), kind=pool_kind)
-    assert pool is not None
+    preloaded: cf.Future[Any] | None = None
+    stopped = True  # until the loop ends normally: Ctrl-C or an error stops the pool at once
     try:
+        if own and todo:
+            pool = create_compile_pool(max(1, min(nworkers, len(todo))), kind=pool_kind,
+                                       preload_specs=[specs[i] for i in todo], env=env)
+            preloaded = pool.submit(preload_report)  # what the sidecar imported before forking
+        runner = executor if executor is not None else pool
+        window = max_in_flight or default_window(executor_slots(runner))
+
+        def submit(k: int) -> cf.Future[Any]:
+            assert runner is not None
+            if executor is not None:
+                return executor.submit(packed_job, compile_spec, specs[todo[k]], env, cfg)
+            return runner.submit(compile_spec, specs[todo[k]], env, cfg)
+
         broken: list[int] = []
-        futures = {pool.submit(compile_spec, spec, env, cfg): i for i, spec in enumerate(specs)}
-        for fut in cf.as_completed(futures):
-            i = futures[fut]
+        for k, fut in run_windowed(len(todo), submit, window):
+            i = todo[k]
             try:
-                finish(i, fut.result())
+                value = fut.result()
+                finish(i, _unpacked(value, cache) if executor is not None else value)
             except cf.BrokenExecutor as e:
                 if own:
                     broken.append(i)
@@ -449,16 +550,30 @@ def precompile(
             except Exception as e:
                 finish(i, _failed(specs[i], _job_error(e)))
         if broken:
+            assert pool is not None
             pool.shutdown(wait=True, cancel_futures=True)
             pool = None
             log.warning("a compile worker died; re-running %d kernels one per worker", len(broken))
             _run_in_lanes(sorted(broken), specs, env, cfg, nworkers, pool_kind, finish)
+        stopped = False
     finally:
+        imported = None
+        if preloaded is not None and not stopped:
+            try:
+                imported = preloaded.result(timeout=5)
+            except Exception:  # the pool broke: the workers' own imports still show in the results
+                imported = None
         if own and pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+            if stopped:
+                shutdown_now(pool)
+            else:
+                # every job is done: the processes exit in the background (a sidecar that imported
+                # torch takes ~1 s to finalize) while the caller goes on; interpreter exit waits for them
+                pool.shutdown(wait=False, cancel_futures=True)
         if bar is not None:
             bar.close()
-    done = [r for r in results if r is not None]
+    done = PrecompileResults([r for r in results if r is not None])
+    done.imports = summarize(imported, done)
     if host_code is not False:
         _add_host_code(done, cache, bool(host_code), host_target)
     return done

@@ -24,6 +24,11 @@ result. Every kernel must build and none may come from the cache. Runs are
 interleaved: the serial run opens each round, then for each W both pools,
 in alternating order from round to round. The overhead is reported both as
 the ratio of medians and as the median of per-round ratios.
+
+The import-once rows (:mod:`pyruntime.bench._compile_import`) follow: kernels
+whose module costs ~2 s of CPU to import, ``precompile()`` with W workers
+against the model ``one import + sum of compile times / W``, and a Dask
+LocalCluster of W processes against the local pool.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ import time
 from typing import Any
 
 from . import _common as C
-from . import _jobs
+from . import _compile_import, _jobs
 
 IMPLS = ("pyruntime", "ProcessPoolExecutor")
 TARGET = "cuda:90"
@@ -196,15 +201,19 @@ def run(settings: C.Settings) -> dict[str, Any]:
         notes.append(f"{impl}: {why}")
     ready = {f"{i} W={w}": statistics.median(x["ready_s"] for x in runs[(i, w)])
              for i in IMPLS for w in ws if runs.get((i, w))}
+    import_metrics, import_once = _compile_import.rows(settings, ws)
+    notes += import_once["notes"]
     return C.suite_result(
-        "compile", metrics=metrics,
+        "compile", metrics=metrics + import_metrics,
         method=(f"{n} distinct sample_specs({n}, '{TARGET}') kernels, compile_spec as the job; "
                 f"{settings.compile_rounds} round(s); every run in a fresh interpreter with an empty "
                 "Triton cache, pools warmed (every worker answered) before the clock; "
-                "W = " + ", ".join(map(str, ws))),
+                "W = " + ", ".join(map(str, ws)) + f"; import-once rows: {import_once['kernels']} "
+                "kernels of a module burning ~2 s of CPU at import, precompile() timed whole (pool start "
+                f"included), Dask LocalCluster started before the clock, {import_once['rounds']} round(s)"),
         extra={"kernels": n, "target": TARGET, "curve": curve, "workers": ws,
                "runs": {f"{i} W={w}": [{k: v for k, v in x.items() if k != "kernel_s"} for x in rs]
                         for (i, w), rs in runs.items()},
                "serial_wall_s": serial, "serial_kernels_per_s": n / serial_med if serial_med else None,
                "overhead_pct": overhead, "overhead_paired_pct": paired, "ready_s": ready, "notes": notes,
-               "errors": errors})
+               "errors": errors, "import_once": import_once})
