@@ -11,7 +11,7 @@
 #                with the newest Triton that has a wheel for it
 #   --out FILE   the markdown table (default: bench/results/<date>-wheels-matrix.md;
 #                written after every cell, so a stopped run keeps what it had)
-#   --work DIR   venvs, logs and the pip cache (default: /tmp/prt-compat);
+#   --work DIR   venvs, logs and a copy of tests/ (default: /tmp/prt-compat);
 #                each cell's venv is removed when the cell ends
 #
 # A cell: `python -m venv`, `pip install <wheel> triton==X pytest hypothesis
@@ -53,7 +53,7 @@ WHEEL="$(cd "$(dirname "$WHEEL")" && pwd)/$(basename "$WHEEL")"
 DATE="$(date +%F)"
 [ -n "$OUTFILE" ] || OUTFILE="$ROOT/bench/results/$DATE-wheels-matrix.md"
 mkdir -p "$WORK/logs" "$(dirname "$OUTFILE")"
-export PIP_CACHE_DIR="$WORK/pip-cache" PIP_DISABLE_PIP_VERSION_CHECK=1
+export PIP_DISABLE_PIP_VERSION_CHECK=1
 log() { echo "compat_matrix: $*" >&2; }
 
 find_python() {  # X.Y -> an interpreter of that version
@@ -112,13 +112,14 @@ for p in $PYTHONS; do
   if [ "$CI_MODE" = 1 ]; then
     # the newest Triton that has a wheel for this CPython
     tritons=""
+    # (the wheel it downloads is what the cell installs: --find-links below)
+    rm -rf "$WORK/probe"
     for t in $(echo "$TRITONS" | tr ' ' '\n' | sort -rV); do
       if "$py" -m pip download -q --no-deps --only-binary=:all: --python-version "$p" -d "$WORK/probe" "triton==$t" >/dev/null 2>&1; then
         tritons="$t"; break
       fi
-      CELL[$p/$t]="no wheel"
+      CELL[$p/$t]="*no wheel*"
     done
-    rm -rf "$WORK/probe"
     [ -n "$tritons" ] || { log "no Triton wheel for CPython $p"; failed=1; continue; }
   fi
   for t in $tritons; do
@@ -129,7 +130,9 @@ for p in $PYTHONS; do
     : > "$logf"
     "$py" -m venv "$venv" >>"$logf" 2>&1
     vpy="$venv/bin/python"
-    if ! "$vpy" -m pip install --no-input "$WHEEL" "triton==$t" pytest pytest-timeout hypothesis >>"$logf" 2>&1; then
+    links=()
+    [ -d "$WORK/probe" ] && links=(--find-links "$WORK/probe")
+    if ! "$vpy" -m pip install --no-input "${links[@]}" "$WHEEL" "triton==$t" pytest pytest-timeout hypothesis >>"$logf" 2>&1; then
       if grep -q "No matching distribution found for triton" "$logf"; then
         CELL[$p/$t]="*no wheel*"
       else
@@ -167,6 +170,7 @@ for p in $PYTHONS; do
     write_table
   done
 done
+rm -rf "$WORK/probe"
 write_table
 log "table: $OUTFILE"
 exit $failed
