@@ -75,7 +75,13 @@ find_py310() {
 }
 VENV="$BUILD/venv"
 if [ ! -x "$VENV/bin/python" ]; then
-  PY310="$(find_py310)" || { log "needs CPython 3.10 (set PYTHON310=/path/to/python3.10)"; exit 1; }
+  # abi3: any CPython >= 3.10 builds the same wheel; 3.10 is preferred (its
+  # headers are the oldest the cp310 tag promises).
+  PY310="$(find_py310)" || {
+    PY310="$(command -v python3)"
+    "$PY310" -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { log "needs CPython >= 3.10 (3.10 preferred: PYTHON310=...)"; exit 1; }
+    log "no CPython 3.10; building with $("$PY310" --version)"
+  }
   log "creating $VENV with $PY310"
   "$PY310" -m venv "$VENV"
 fi
