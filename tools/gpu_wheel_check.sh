@@ -53,6 +53,8 @@ if [ "${1:-}" = "--stage" ]; then
 fi
 
 # --- on the GPU machine ---------------------------------------------------------
+# It replaces .whl/ and .gpu/: only on the GPU machine's copy of the tree.
+command -v nvidia-smi >/dev/null || { echo "gpu_wheel_check: no nvidia-smi: run this on the GPU machine (--stage here)" >&2; exit 1; }
 OUT="${OUT:-/tmp/gpu-out}"; mkdir -p "$OUT"
 [ -f "$STAGE_DIR/STAGED" ] || { echo "gpu_wheel_check: $STAGE_DIR not staged (run --stage here first, carry it)" >&2; exit 1; }
 rm -rf .whl .gpu && mkdir -p .whl .gpu
