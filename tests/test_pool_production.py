@@ -62,9 +62,13 @@ def test_workers_recycled_after_max_jobs():
 def test_status_and_long_job_callback():
     seen = []
     with SubprocPool(2, long_job_threshold=0.2, on_long_job=seen.append) as p:
+        assert p.wait_ready(30)  # a loaded machine may take a while to fork the workers
         fut = p.submit(J.sleep, 0.8, "x")
-        time.sleep(0.4)
+        deadline = time.monotonic() + 5
         st = p.status()
+        while time.monotonic() < deadline and not (st and st[0]["elapsed_s"] > 0.3):
+            time.sleep(0.02)  # until the job has run a while on its worker
+            st = p.status()
         assert len(st) == 1
         entry = st[0]
         assert entry["name"] == "sleep" and entry["worker_pid"] in p.worker_pids
