@@ -746,6 +746,11 @@ class SubprocPool(Executor):
                 item.future.set_running_or_notify_cancel()
             if not w.inflight:
                 item.started = time.monotonic()
+                if (item.timeout is not None or self._long_threshold is not None) \
+                        and threading.current_thread() is not self._thread:
+                    # the result thread may sleep with no timer at all: it
+                    # must set one for this job's timeout or long-job report
+                    self._wake()
             w.inflight.append(item)
             w.dispatched += 1
             if self._max_jobs is not None and w.dispatched >= self._max_jobs:

@@ -22,7 +22,7 @@ import pytest
 
 import pool_jobs as J
 from proc_util import alive, wait_gone
-from pyruntime import BrokenPoolError, ProtocolError, SubprocPool
+from pyruntime import BrokenPoolError, JobTimeoutError, ProtocolError, SubprocPool
 
 GRACE = 0.5
 MARGIN = 1.5  # scheduling slack on a loaded 2-core machine
@@ -303,3 +303,20 @@ def test_ctrl_c_while_a_with_block_waits_is_bounded():
     assert "KeyboardInterrupt" in err
     assert took < budget, f"exit took {took:.2f} s after Ctrl-C"
     assert not wait_gone(pids, 1.0)
+
+
+@pytest.mark.timeout(60)
+def test_a_timeout_fires_for_a_job_sent_to_an_idle_ready_pool():
+    """The result thread of a ready, idle pool sleeps with no timer: a job
+    submitted then must still be killed at its timeout (it used to run to
+    its end, and long-job reports never came)."""
+    seen = []
+    with SubprocPool(2, long_job_threshold=0.2, on_long_job=seen.append) as p:
+        assert p.wait_ready(30)
+        t0 = time.monotonic()
+        fut = p.submit(J.sleep, 5.0, "x", timeout=0.5)
+        with pytest.raises(JobTimeoutError):
+            fut.result(10)
+        assert time.monotonic() - t0 < 3
+        assert p.submit(J.sleep, 0.6, "y").result(10) == "y"
+    assert [s["name"] for s in seen] == ["sleep", "sleep"]
