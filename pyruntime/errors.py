@@ -74,6 +74,7 @@ class UserError(PyRuntimeError):
     """A problem with the user's input to the command line; printed as one
     line without a traceback."""
 
+
 class JITCompileError(PyRuntimeError, RuntimeError):
     """Triton's JIT was about to compile a kernel while frozen
     (:func:`pyruntime.freeze`). The first line of the message names the
