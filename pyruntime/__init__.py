@@ -51,7 +51,7 @@ _LAZY = {
     "register_clear_hook": "outofproc",
     "unregister_clear_hook": "outofproc",
     "shutdown_out_of_process": "outofproc",
-    "freeze": "freeze",
+    "freeze": "jit_guard",
     "record_launches": "record",
 }
 
@@ -85,7 +85,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from .framing import Frame, read_frame, write_frame
-    from .freeze import freeze
+    from .jit_guard import freeze
     from .hashing import hash_bytes, hash_dir, hash_file
     from .packing import pack, unpack
     from .pool import SubprocException, SubprocKind, SubprocPickler, SubprocPool

@@ -29,7 +29,7 @@ in its cache directory (:data:`SPEC_FILE`, written by
 :func:`write_spec_record`), describing the specialisation: function, code
 hash, argument types, constexpr values, divisibility, options, target,
 Triton version and build, Python ABI. Bundles carry it like any other file of
-the kernel; :mod:`pyruntime.freeze` reads it to say how a launch that misses
+the kernel; :mod:`pyruntime.jit_guard` reads it to say how a launch that misses
 differs from the nearest bundled kernel (:func:`differences`).
 
 Everything here imports triton, on first call only.

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from pyruntime.errors import JITCompileError, PyRuntimeError
-from pyruntime.freeze import Explanation, format_miss, jit_mode
+from pyruntime.jit_guard import Explanation, format_miss, jit_mode
 from pyruntime.specialize import Specialisation, differences
 
 pytest.importorskip("triton")
@@ -305,7 +305,7 @@ def test_modes_and_the_error_class(monkeypatch) -> None:
 
 def test_import_pyruntime_stays_light() -> None:
     code = ("import sys, pyruntime; f = pyruntime.freeze; r = pyruntime.record_launches; "
-            "e = pyruntime.JITCompileError; import pyruntime.freeze as m; "
+            "e = pyruntime.JITCompileError; import pyruntime.jit_guard as m; "
             "print('triton' in sys.modules, 'torch' in sys.modules, callable(pyruntime.freeze))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          env={k: v for k, v in os.environ.items() if k != "PYRUNTIME_RECORD"})

@@ -65,7 +65,6 @@ import logging
 import os
 import sys
 import threading
-import types
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Literal
@@ -503,15 +502,3 @@ def freeze(mode: str | None = None, *, bundles: Iterable[Any] = (),
 
 
 __all__ += ["Explanation", "explain", "format_miss", "probe"]
-
-
-class _CallableModule(types.ModuleType):
-    """``pyruntime.freeze`` names both this module and its :func:`freeze`:
-    once the module is imported (``from pyruntime.freeze import Freeze``) the
-    package attribute is the module, so calling the module calls the function."""
-
-    def __call__(self, mode: str | None = None, **kwargs: Any) -> Freeze:
-        return freeze(mode, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
