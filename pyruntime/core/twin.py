@@ -7,12 +7,13 @@ The formats are written down in docs/FORMAT.md and in the C sources.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import os
 import stat
 import struct
-from typing import Callable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import lz4.block
 import xxhash
@@ -283,7 +284,7 @@ def pack(entries: Sequence[tuple[bytes, bytes | bytearray | memoryview]]) -> byt
     for i, (name, data) in enumerate(views):
         method, stored = 0, data
         if len(data):
-            c = lz4.block.compress(data, mode="default", store_size=False)
+            c = _compress(data, 0)
             if len(c) < len(data):
                 method, stored = 1, c
         index += INDEX_REC.pack(len(name), method, 0, len(data), len(stored), _xxh3_64(data)) + name
@@ -403,6 +404,45 @@ def unpack(data: bytes | bytearray | memoryview, max_entry: int, max_total: int)
 # entries packed ahead of their container, and unpacking into views
 
 
+def _system_lz4() -> Any:
+    """The system liblz4 (the library the C core links), when it loads.
+
+    LZ4 builds may pick different, equally valid matches for the same input
+    (Debian's liblz4 1.9.4 and the copy inside the ``lz4`` package do, for
+    some short inputs), so the twin compresses with the C core's library
+    where it can, and both backends write the same bytes; without it the
+    ``lz4`` package's copy packs, whose blocks every reader accepts too."""
+    try:
+        lib = ctypes.CDLL("liblz4.so.1")  # the soname; dlopen is quick, find_library is not
+        lib.LZ4_compressBound.argtypes = [ctypes.c_int]
+        lib.LZ4_compress_default.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_int]
+        lib.LZ4_compress_HC.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_int, ctypes.c_int]
+    except (OSError, AttributeError):
+        return None
+    return lib
+
+
+_LZ4: list[Any] = []  # [the library or None], loaded on first use
+
+
+def _compress(data: bytes | bytearray | memoryview, level: int) -> bytes:
+    """A raw LZ4 block of ``data`` (0: the fast mode, 1-12: HC at that level)."""
+    if not _LZ4:
+        _LZ4.append(_system_lz4())
+    lib = _LZ4[0]
+    if lib is None:
+        return (lz4.block.compress(data, mode="default", store_size=False) if level == 0 else
+                lz4.block.compress(data, mode="high_compression", compression=level, store_size=False))
+    src = bytes(data)
+    cap = lib.LZ4_compressBound(len(src))
+    dst = ctypes.create_string_buffer(cap)
+    n = (lib.LZ4_compress_default(src, dst, len(src), cap) if level == 0 else
+         lib.LZ4_compress_HC(src, dst, len(src), cap, level))
+    if n <= 0:
+        raise BundleFormatError(f"LZ4 could not pack {len(src)} bytes")
+    return dst.raw[:n]
+
+
 def check_level(level: int) -> None:
     if type(level) is not int or not 0 <= level <= LZ4HC_MAX_LEVEL:
         raise ValueError(f"LZ4 level {level!r}: 0 (fast) or 1 to {LZ4HC_MAX_LEVEL} (HC)")
@@ -417,8 +457,7 @@ def pack_entry(data: bytes | bytearray | memoryview, level: int = 0) -> PackedEn
         raise BundleFormatError(f"{len(view)} bytes is over the {LZ4_MAX_INPUT}-byte LZ4 block limit")
     method, stored = 0, view
     if len(view):
-        c = (lz4.block.compress(view, mode="default", store_size=False) if level == 0 else
-             lz4.block.compress(view, mode="high_compression", compression=level, store_size=False))
+        c = _compress(view, level)
         if len(c) < len(view):
             method, stored = 1, c
     return PackedEntry(method, len(view), _xxh3_64(view), stored, hash_bytes(view))
