@@ -142,6 +142,13 @@ def _artifacts() -> Any:
     return artifacts
 
 
+def _format() -> Any:
+    """The file format alone (verify, inspect, sign, keygen): no torch needed."""
+    from . import artifacts_file
+
+    return artifacts_file
+
+
 def _existing_file(path: str) -> str:
     if not os.path.exists(path):
         raise UserError(f"{path}: no such file")
@@ -257,9 +264,8 @@ def _import(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     _existing_file(args.file)
     trust = _trust(args)
-    artifacts = _artifacts()
     try:
-        info = artifacts.read_compile_artifacts(args.file, **trust)
+        info = _format().read_compile_artifacts(args.file, **trust)
     except BundleFormatError as e:
         print(f"{args.file}: INVALID: {e}", file=sys.stderr)
         return 1
@@ -272,7 +278,7 @@ def _verify(args: argparse.Namespace) -> int:
 def _inspect(args: argparse.Namespace) -> int:
     _existing_file(args.file)
     try:
-        info = _artifacts().read_compile_artifacts(args.file)
+        info = _format().read_compile_artifacts(args.file)
     except BundleFormatError as e:
         raise UserError(f"{args.file}: {e}") from None
     d = info.describe()
@@ -298,7 +304,7 @@ def _sign(args: argparse.Namespace) -> int:
     _existing_file(args.file)
     _existing_file(args.key)
     try:
-        pub = _artifacts().sign_compile_artifacts(args.file, args.key, args.output)
+        pub = _format().sign_compile_artifacts(args.file, args.key, args.output)
     except BundleFormatError as e:
         raise UserError(f"{args.file}: {e}") from None
     print(f"signed {args.output or args.file} with key {pub}")
@@ -308,6 +314,6 @@ def _sign(args: argparse.Namespace) -> int:
 def _keygen(args: argparse.Namespace) -> int:
     if os.path.exists(args.private):
         raise UserError(f"{args.private}: exists; not overwriting a key")
-    pub = _artifacts().generate_signing_key(args.private, args.public)
+    pub = _format().generate_signing_key(args.private, args.public)
     print(f"wrote {args.private} (private, keep it secret) and {args.public}: public key {pub}")
     return 0

@@ -29,7 +29,8 @@ Dask (``pip install 'pyruntime[dask]'``), for the CLI's ``--executor``:
 ``dask-local:N``
     a ``LocalCluster`` of N worker processes, one thread each, started for
     the run and closed after it (workers get this interpreter's
-    ``sys.path``).
+    ``sys.path``), forked from a fork server that imported the kernel
+    modules once (:func:`_start_local_cluster`).
 
 Dask places the jobs, re-runs a job whose worker died (up to
 ``distributed.scheduler.allowed-failures`` times, 3 by default) and retries
@@ -142,10 +143,15 @@ def _dask() -> Any:
 
 
 @contextlib.contextmanager
-def open_executor(choice: ExecutorChoice | str) -> Iterator[OpenExecutor]:
+def open_executor(choice: ExecutorChoice | str, *, preload: Mapping[str, str] | None = None,
+                  ) -> Iterator[OpenExecutor]:
     """Connect to (or start) the executor ``choice`` names for the length of
     the ``with`` block; closes what it started. ``local`` is not opened here
-    (precompile makes its own pool): it raises ExecutorError."""
+    (precompile makes its own pool): it raises ExecutorError.
+
+    ``preload`` (:func:`pyruntime.kernel_imports.preload_env`'s variables)
+    names the kernel modules a ``dask-local`` cluster's workers should have
+    imported before their first build (see :func:`_start_local_cluster`)."""
     if isinstance(choice, str):
         choice = parse_executor(choice)
     if choice.kind == "local":
@@ -153,13 +159,8 @@ def open_executor(choice: ExecutorChoice | str) -> Iterator[OpenExecutor]:
     distributed = _dask()
     cluster = None
     if choice.kind == "dask-local":
-        paths = [os.getcwd() if p == "" else p for p in sys.path]
         try:
-            cluster = distributed.LocalCluster(
-                n_workers=choice.workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                silence_logs=logging.ERROR,
-                # the workers import this very pyruntime (and what the caller can import)
-                env={"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))})
+            cluster = _start_local_cluster(distributed, choice.workers, preload or {})
         except Exception as e:
             raise ExecutorError(f"--executor {choice}: could not start a Dask LocalCluster: "
                                 f"{type(e).__name__}: {e}") from None
@@ -180,6 +181,48 @@ def open_executor(choice: ExecutorChoice | str) -> Iterator[OpenExecutor]:
     finally:
         if cluster is not None:
             cluster.close()
+
+
+# Imported once by the fork server a LocalCluster's workers are forked from.
+FORKSERVER_PRELOAD = ("distributed", "pyruntime.executors", "pyruntime._kernel_preload")
+
+
+def _start_local_cluster(distributed: Any, workers: int, preload: Mapping[str, str]) -> Any:
+    """A ``LocalCluster`` of ``workers`` processes with one thread each.
+
+    Where the platform has a fork server, the workers are forked from it
+    (Dask's ``multiprocessing-method`` set to ``forkserver`` for this
+    cluster) and it imports Dask, pyruntime and, with ``preload`` in its
+    environment, the kernel modules once before the first fork, as the
+    local pool's sidecar does: N workers that each import a kernel package
+    built on torch pay seconds of CPU N times over, on the cores the
+    compiles need. The fork server is one per process and starts with the
+    first cluster; a later cluster reuses it, and its workers import modules
+    the first did not name themselves. Elsewhere the workers are spawned
+    and import the modules on their first build. Workers get this
+    interpreter's ``sys.path`` either way."""
+    import multiprocessing
+
+    import dask
+
+    paths = [os.getcwd() if p == "" else p for p in sys.path]
+    kw = dict(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+              silence_logs=logging.ERROR, env={"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))})
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return distributed.LocalCluster(**kw)
+    saved = {k: os.environ.get(k) for k in preload}
+    with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
+        # Dask sets its own preload list on first use of the context: ours replaces it
+        distributed.utils.get_mp_context().set_forkserver_preload(list(FORKSERVER_PRELOAD))
+        os.environ.update(preload)  # the fork server starts with the first worker, inside LocalCluster()
+        try:
+            return distributed.LocalCluster(**kw)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
 
 def executor_slots(executor: Any) -> int | None:

@@ -49,6 +49,7 @@ from .kernels import KernelSpec, KernelSpecError
 
 __all__ = [
     "ENV_VAR",
+    "WHERE_VAR",
     "ImportRecord",
     "import_kernel",
     "import_triton_packages",
@@ -63,6 +64,7 @@ __all__ = [
 
 #: The sidecar reads the modules to preload from this variable (JSON).
 ENV_VAR = "PYRUNTIME_PRELOAD_KERNELS"
+WHERE_VAR = "PYRUNTIME_PRELOAD_WHERE"  # the process that preloads, for reports: sidecar or forkserver
 
 
 @dataclass
@@ -180,9 +182,10 @@ def _representatives(specs: Iterable[KernelSpec]) -> dict[str, list[KernelSpec]]
     return out
 
 
-def preload_env(specs: Iterable[KernelSpec]) -> dict[str, str]:
+def preload_env(specs: Iterable[KernelSpec], where: str = "sidecar") -> dict[str, str]:
     """The environment that tells ``pyruntime._kernel_preload`` (in a
-    sidecar) which modules to import: a few specs per module, as JSON."""
+    sidecar, or the fork server of a Dask LocalCluster: ``where``) which
+    modules to import: a few specs per module, as JSON."""
     wanted = []
     for group in _representatives(specs).values():
         for s in group:
@@ -194,7 +197,7 @@ def preload_env(specs: Iterable[KernelSpec]) -> dict[str, str]:
         return {}
     # keep torch.cuda.is_available() (which a kernel module may call at
     # import) from initialising CUDA in a process that forks
-    return {ENV_VAR: json.dumps(wanted), "PYTORCH_NVML_BASED_CUDA_CHECK": "1"}
+    return {ENV_VAR: json.dumps(wanted), WHERE_VAR: where, "PYTORCH_NVML_BASED_CUDA_CHECK": "1"}
 
 
 def import_triton_packages(where: str = "worker") -> ImportRecord | None:
@@ -280,7 +283,7 @@ def preload_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]
         print(f"pyruntime: warning: {ENV_VAR} is not a list of kernel specs ({type(e).__name__}: {e}); "
               "workers import kernel modules themselves", file=sys.stderr, flush=True)
         return None
-    return preload(specs)
+    return preload(specs, env.get(WHERE_VAR) or "sidecar")
 
 
 def preload_report() -> dict[str, Any] | None:

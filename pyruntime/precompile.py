@@ -528,6 +528,9 @@ def precompile(
                                        preload_specs=[specs[i] for i in todo], env=env)
             preloaded = pool.submit(preload_report)  # what the sidecar imported before forking
         runner = executor if executor is not None else pool
+        if executor is not None and todo:
+            # what the process the executor's workers forked from imported (a Dask LocalCluster's fork server)
+            preloaded = executor.submit(preload_report)
         window = max_in_flight or default_window(executor_slots(runner))
 
         def submit(k: int) -> cf.Future[Any]:

@@ -47,7 +47,7 @@ from typing import IO, Any, Iterable, Mapping, Sequence, TextIO
 
 from ._atomic import write_atomic
 from .executors import ExecutorChoice, open_executor, parse_executor
-from .kernel_imports import summarize
+from .kernel_imports import preload_env, summarize
 from .kernels import KernelSpec
 from .precompile import PrecompileResult, PrecompileResults, ProgressBar, precompile
 
@@ -222,12 +222,16 @@ def write_json_report(path: str, summary: Mapping[str, Any], results: Sequence[P
     write_atomic(path, (json.dumps(doc, indent=2, default=str) + "\n").encode("utf-8"))
 
 
+# where a module imported once before the workers forked (kernel_imports' WHERE_VAR) -> how it reads
+PRELOADERS = {"sidecar": "sidecar", "forkserver": "Dask fork server"}
+
+
 def imports_line(imports: Sequence[Mapping[str, Any]]) -> str | None:
     """One line on where the kernel modules were imported and what it cost."""
     if not imports:
         return None
-    side = [m for m in imports if m.get("where") == "sidecar"]
-    workers = [m for m in imports if m.get("where") != "sidecar"]
+    side = [m for m in imports if m.get("where") in PRELOADERS]
+    workers = [m for m in imports if m.get("where") not in PRELOADERS]
     def names(ms: Iterable[Mapping[str, Any]]) -> str:
         mods = list(dict.fromkeys(os.path.basename(str(m["module"])) for m in ms))
         return ", ".join(mods) if len(mods) <= 3 else f"{len(mods)} modules"
@@ -235,7 +239,8 @@ def imports_line(imports: Sequence[Mapping[str, Any]]) -> str | None:
     parts = []
     if side:
         ok = [m for m in side if not m.get("error")]
-        parts.append(f"{names(ok)} once in the sidecar before the workers forked "
+        where = PRELOADERS[side[0]["where"]]
+        parts.append(f"{names(ok)} once in the {where} before the workers forked "
                      f"({sum(m['seconds'] for m in ok):.2f} s)")
         bad = [m for m in side if m.get("error")]
         if bad:
@@ -364,7 +369,10 @@ def run_build(specs: Sequence[KernelSpec], *, cache_dir: str, workers: int, exec
             if choice.kind == "local":
                 kw["workers"] = workers
             else:
-                opened = stack.enter_context(open_executor(choice))
+                preload = {}
+                if choice.kind == "dask-local":  # its workers fork from a server that imports these once
+                    preload = preload_env([s for s in specs if journal.lookup(s) is None], where="forkserver")
+                opened = stack.enter_context(open_executor(choice, preload=preload))
                 kw["executor"] = opened.executor
                 nworkers = opened.slots
                 kw.pop("pool_kind", None)

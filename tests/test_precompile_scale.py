@@ -295,7 +295,12 @@ def test_cli_dask_local_one_bad_kernel_the_rest_build(tmp_path: Path) -> None:
                                                                    "failed": 1}
     for r in doc["results"][:4]:
         assert r["path"] == str(tmp_path / "cache" / r["cache_key"]) and _complete(r["path"])
-    assert {m["where"] for m in doc["imports"]} == {"worker"}
+    # the workers forked from a fork server that imported the kernel module once
+    assert {m["where"] for m in doc["imports"]} == {"forkserver"}, doc["imports"]
+    pids = K.imports_of(tmp_path, "with_broken")
+    assert len(pids) == 1 and pids[0] not in {r["worker_pid"] for r in doc["results"]}, pids
+    assert all(r["import_s"] == 0 for r in doc["results"])
+    assert re.search(r"\nimports: .*with_broken.* once in the Dask fork server before the workers forked", out), out
 
     bad = _cli(tmp_path, "k.toml", "--executor", "dask-local:0")
     out, err = bad.communicate(timeout=60)

@@ -29,6 +29,7 @@ torch = pytest.importorskip("torch")
 import pyruntime  # noqa: E402
 from pyruntime import cli  # noqa: E402
 from pyruntime.errors import BundleCompatibilityError, BundleFormatError, PyRuntimeError  # noqa: E402
+from pyruntime import artifacts_file as F  # noqa: E402
 from pyruntime.torch import artifacts as A  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -143,7 +144,7 @@ def _with_manifest(src: Path, dst: Path, edit) -> Path:
     entries = _entries(src)
     m = json.loads(entries[0][1])
     edit(m)
-    entries[0] = ("manifest.json", A._json_bytes(m))
+    entries[0] = ("manifest.json", F._json_bytes(m))
     return _repack(entries, dst)
 
 
@@ -299,7 +300,7 @@ def test_autotune_part_must_be_json(exported, tmp_path, spy):
     m = json.loads(src[0][1])
     m["parts"].append({"kind": "autotune", "root": "inductor", "path": "ab/k.best_config", "size": len(blob),
                        "sha256": hashlib.sha256(blob).hexdigest()})
-    bad = _repack([("manifest.json", A._json_bytes(m)), *src[1:], (f"part.{len(m['parts']) - 1}", blob)],
+    bad = _repack([("manifest.json", F._json_bytes(m)), *src[1:], (f"part.{len(m['parts']) - 1}", blob)],
                   tmp_path / "bad.prta")
     with pytest.raises(BundleFormatError, match="autotune"):
         A.load_compile_artifacts(bad, cache_dir=tmp_path / "cache")
@@ -415,12 +416,12 @@ def test_forged_signature_is_refused(exported, tmp_path, keys, spy, forgery):
     if forgery == "manifest":  # content changed, old signature kept
         m = json.loads(entries[0][1])
         m["pyruntime_version"] = "9.9.9"
-        entries[0] = ("manifest.json", A._json_bytes(m))
+        entries[0] = ("manifest.json", F._json_bytes(m))
         match = "does not match"
     elif forgery == "signature":  # a signature byte changed
         sig = json.loads(entries[1][1])
         sig["signature"] = ("1" if sig["signature"][0] != "1" else "2") + sig["signature"][1:]
-        entries[1] = ("signature.json", A._json_bytes(sig))
+        entries[1] = ("signature.json", F._json_bytes(sig))
         match = "does not match"
     else:  # a part replaced, manifest and signature kept
         name, blob = entries[-1]
@@ -458,3 +459,23 @@ def test_import_pyruntime_and_its_cli_do_not_import_torch():
             "assert 'torch' not in sys.modules and 'cryptography' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60,
                    env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])))
+
+
+@pytest.mark.timeout(120)
+def test_verify_inspect_sign_and_keygen_need_no_torch(exported, tmp_path, keys):
+    # a machine without torch (a registry's, a build farm's) still checks and signs files:
+    # torch (and pyruntime.torch) made unimportable in the child
+    code = ("import sys; sys.modules['torch'] = None; from pyruntime import cli; "
+            "rc = [cli.main(a) for a in ("
+            f"['torch', 'keygen', '--private', {str(tmp_path / 'k')!r}, '--public', {str(tmp_path / 'k.pub')!r}],"
+            f"['torch', 'sign', {str(exported['cli'])!r}, '--key', {str(tmp_path / 'k')!r}, '-o', "
+            f"{str(tmp_path / 's.prta')!r}],"
+            f"['torch', 'verify', {str(tmp_path / 's.prta')!r}, '--trusted-key', {str(tmp_path / 'k.pub')!r}, "
+            "'--require-signature'],"
+            f"['torch', 'inspect', {str(tmp_path / 's.prta')!r}])]; "
+            "assert not [m for m in sys.modules if m.startswith(('torch.', 'pyruntime.torch'))], 'torch imported'; "
+            "print('rc', rc)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "rc [0, 0, 0, 0]" in proc.stdout and "verified (trusted key)" in proc.stdout, proc.stdout
