@@ -210,7 +210,8 @@ def run(settings: C.Settings) -> dict[str, Any]:
                 "Triton cache, pools warmed (every worker answered) before the clock; "
                 "W = " + ", ".join(map(str, ws)) + f"; import-once rows: {import_once['kernels']} "
                 "kernels of a module burning ~2 s of CPU at import, precompile() timed whole (pool start "
-                f"included), Dask LocalCluster timed from its start minus its scheduler and nannies start-up (the fork server's import kept), {import_once['rounds']} round(s)"),
+                "included), Dask LocalCluster timed from its start minus its scheduler and nannies start-up "
+                f"(the fork server's import kept), {import_once['rounds']} round(s)"),
         extra={"kernels": n, "target": TARGET, "curve": curve, "workers": ws,
                "runs": {f"{i} W={w}": [{k: v for k, v in x.items() if k != "kernel_s"} for x in rs]
                         for (i, w), rs in runs.items()},
