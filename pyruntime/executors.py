@@ -55,7 +55,7 @@ import sys
 import tempfile
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from .errors import PyRuntimeError
 
@@ -210,19 +210,25 @@ def _start_local_cluster(distributed: Any, workers: int, preload: Mapping[str, s
               silence_logs=logging.ERROR, env={"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))})
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return distributed.LocalCluster(**kw)
-    saved = {k: os.environ.get(k) for k in preload}
-    with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
+    with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}), _environ_restored(preload):
         # Dask sets its own preload list on first use of the context: ours replaces it
         distributed.utils.get_mp_context().set_forkserver_preload(list(FORKSERVER_PRELOAD))
         os.environ.update(preload)  # the fork server starts with the first worker, inside LocalCluster()
-        try:
-            return distributed.LocalCluster(**kw)
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        return distributed.LocalCluster(**kw)
+
+
+@contextlib.contextmanager
+def _environ_restored(keys: Iterable[str]) -> Iterator[None]:
+    """Put ``os.environ[k]`` for each of ``keys`` back as it was (or unset) on exit."""
+    saved = {k: os.environ.get(k) for k in keys}
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def executor_slots(executor: Any) -> int | None:
@@ -327,15 +333,8 @@ def packed_job(job: Callable[..., Any], spec: Any, env: Mapping[str, str],
     with _JOB_LOCK:
         cache = _scratch_cache()
         run_env = {**env, "TRITON_CACHE_DIR": cache}
-        saved = {k: os.environ.get(k) for k in run_env}
-        try:
+        with _environ_restored(run_env):
             result = job(spec, run_env, config)
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
         key = getattr(result, "cache_key", None)
         if key is None or getattr(result, "error", None) is not None:
             return result, None
