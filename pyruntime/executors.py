@@ -198,9 +198,10 @@ def _start_local_cluster(distributed: Any, workers: int, preload: Mapping[str, s
     built on torch pay seconds of CPU N times over, on the cores the
     compiles need. The fork server is one per process and starts with the
     first cluster; a later cluster reuses it, and its workers import modules
-    the first did not name themselves. Elsewhere the workers are spawned
-    and import the modules on their first build. Workers get this
-    interpreter's ``sys.path`` either way."""
+    the first did not name themselves. Elsewhere, or when the fork server
+    does not start (a kernel module that kills the process importing it),
+    the workers are spawned and import the modules on their first build.
+    Workers get this interpreter's ``sys.path`` either way."""
     import multiprocessing
 
     import dask
@@ -210,11 +211,29 @@ def _start_local_cluster(distributed: Any, workers: int, preload: Mapping[str, s
               silence_logs=logging.ERROR, env={"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))})
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return distributed.LocalCluster(**kw)
-    with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}), _environ_restored(preload):
-        # Dask sets its own preload list on first use of the context: ours replaces it
-        distributed.utils.get_mp_context().set_forkserver_preload(list(FORKSERVER_PRELOAD))
-        os.environ.update(preload)  # the fork server starts with the first worker, inside LocalCluster()
+    nanny_log = logging.getLogger("distributed.nanny")
+    level = nanny_log.level
+    try:
+        # the nannies log a traceback per worker when the fork server dies: the fallback says it in one line
+        nanny_log.setLevel(logging.CRITICAL if preload else level)
+        with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}), \
+                _environ_restored(preload):
+            # Dask sets its own preload list on first use of the context: ours replaces it
+            distributed.utils.get_mp_context().set_forkserver_preload(list(FORKSERVER_PRELOAD))
+            os.environ.update(preload)  # the fork server starts with the first worker, inside LocalCluster()
+            return distributed.LocalCluster(**kw)
+    except Exception as e:
+        if not preload:
+            raise
+        # a kernel module that kills the process importing it takes the fork server down with it:
+        # spawned workers import the modules themselves, and such a kernel fails alone
+        log.warning("pyruntime: the Dask fork server did not start with the kernel modules preloaded "
+                    "(%s: %s); starting spawned workers, which import them themselves",
+                    type(e).__name__, str(e)[:200])
+        nanny_log.setLevel(level)
         return distributed.LocalCluster(**kw)
+    finally:
+        nanny_log.setLevel(level)
 
 
 @contextlib.contextmanager

@@ -7,7 +7,9 @@ time its top level runs, so a test can count the imports and see which
 process made them. Options: ``sleep_s`` (a slow import: a build that is
 still running when a test kills its worker), ``refuse_under`` (a process id:
 the import raises in any process whose parent is that one, i.e. in the
-sidecar of a pool the test process made, and works in the workers it forks).
+sidecar of a pool the test process made, and works in the workers it forks),
+``exit_in_forkserver`` (the import kills the process when it is a Dask fork
+server preloading it).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ MODULE = '''
 import os
 import time
 
+if {exit_in_forkserver} and os.environ.get("PYRUNTIME_PRELOAD_WHERE") == "forkserver":
+    os._exit(3)
 if os.getppid() == {refuse_under}:
     raise RuntimeError("this module refuses to be imported by a direct child of the test process")
 with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "{name}.imports"), "a") as f:
@@ -44,10 +48,12 @@ def axpy_kernel(x_ptr, y_ptr, out_ptr, alpha, n, BLOCK: tl.constexpr, RELU: tl.c
 SIGNATURE = {"x_ptr": "*fp32", "y_ptr": "*fp32", "out_ptr": "*fp32", "alpha": "fp32", "n": "i32"}
 
 
-def write_module(directory: Path, name: str, *, sleep_s: float = 0.0, refuse_under: int = -1) -> Path:
+def write_module(directory: Path, name: str, *, sleep_s: float = 0.0, refuse_under: int = -1,
+                 exit_in_forkserver: bool = False) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{name}.py"
-    path.write_text(MODULE.format(name=name, sleep_s=sleep_s, refuse_under=refuse_under))
+    path.write_text(MODULE.format(name=name, sleep_s=sleep_s, refuse_under=refuse_under,
+                                  exit_in_forkserver=exit_in_forkserver))
     return path
 
 

@@ -305,3 +305,16 @@ def test_cli_dask_local_one_bad_kernel_the_rest_build(tmp_path: Path) -> None:
     bad = _cli(tmp_path, "k.toml", "--executor", "dask-local:0")
     out, err = bad.communicate(timeout=60)
     assert bad.returncode == 2 and err.startswith("pyruntime: error: --executor 'dask-local:0': expected")
+
+
+def test_cli_dask_local_falls_back_when_a_module_kills_the_fork_server(tmp_path: Path) -> None:
+    pytest.importorskip("distributed")
+    K.write_module(tmp_path, "kills_server", exit_in_forkserver=True)
+    (tmp_path / "k.toml").write_text(K.toml_list(tmp_path, "kills_server", 3))
+    proc = _cli(tmp_path, "k.toml", "--executor", "dask-local:2", "--cache-dir", "cache", "--json", "out.json",
+                "--no-host-code")
+    out, err = proc.communicate(timeout=170)
+    assert proc.returncode == 0, out + err
+    assert "the Dask fork server did not start with the kernel modules preloaded" in err, err
+    doc = json.loads((tmp_path / "out.json").read_text())
+    assert doc["counts"]["compiled"] == 3 and {m["where"] for m in doc["imports"]} == {"worker"}
