@@ -63,4 +63,10 @@ if [ "${PYRUNTIME_SKIP_TORCH:-0}" != "1" ] && ! "$PY" -c "import torch" 2>/dev/n
   "$PY" -c "import torch" 2>/dev/null || \
     echo "bootstrap: torch not installed; torch tests and peers will be skipped" >&2
 fi
+# a real third-party kernel package for the record/precompile/freeze tests (needs only torch and triton)
+if [ "${PYRUNTIME_SKIP_TORCH:-0}" != "1" ] && "$PY" -c "import torch" 2>/dev/null \
+    && ! "$PY" -c "import liger_kernel" 2>/dev/null; then
+  echo "bootstrap: installing liger-kernel==0.8.5 (test-only, --no-deps)" >&2
+  "$PY" -m pip install -q --no-deps "liger-kernel==0.8.5" 2>&1 | grep -v "^WARNING: Location" >&2 || true
+fi
 export PY
