@@ -530,7 +530,10 @@ def precompile(
         runner = executor if executor is not None else pool
         if executor is not None and todo:
             # what the process the executor's workers forked from imported (a Dask LocalCluster's fork server)
-            preloaded = executor.submit(preload_report)
+            try:
+                preloaded = executor.submit(preload_report)
+            except Exception:  # a broken executor: every build's own submit says so
+                preloaded = None
         window = max_in_flight or default_window(executor_slots(runner))
 
         def submit(k: int) -> cf.Future[Any]:

@@ -318,3 +318,20 @@ def test_cli_dask_local_falls_back_when_a_module_kills_the_fork_server(tmp_path:
     assert "the Dask fork server did not start with the kernel modules preloaded" in err, err
     doc = json.loads((tmp_path / "out.json").read_text())
     assert doc["counts"]["compiled"] == 3 and {m["where"] for m in doc["imports"]} == {"worker"}
+
+
+class _RefusingExecutor(cf.Executor):
+    """An executor that is shut down: every submit raises, as a broken pool's does."""
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[override]
+        raise RuntimeError("cannot schedule new futures after shutdown")
+
+
+@pytest.mark.timeout(60)
+def test_an_executor_that_refuses_every_job_fails_each_kernel_and_raises_nothing(tmp_path: Path) -> None:
+    K.write_module(tmp_path, "refused")
+    specs = K.specs(tmp_path, "refused", 3)
+    results = precompile(specs, executor=_RefusingExecutor(), cache_dir=str(tmp_path / "cache"), host_code=False)
+    assert len(results) == 3 and not any(r.ok for r in results)
+    assert all("cannot schedule new futures" in (r.error or "") for r in results), [r.error for r in results]
+    assert K.imports_of(tmp_path, "refused") == []
