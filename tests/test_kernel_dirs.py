@@ -440,29 +440,54 @@ def test_without_a_pool_the_calls_start_their_own_threads(monkeypatch, tmp_path)
     assert _tree(str(tmp_path)) == _want_tree(jobs)
 
 
-@pytest.mark.timeout(60)
+FORKED_CHILD = """
+import os, sys, time
+sys.path.insert(0, {tests!r})
+import test_kernel_dirs as T
+
+c = T._c()
+entries, blob = T._mixed_container(17)
+c.unpack_views(blob, *T.LIMITS, 4)  # the parent's pool is up (its workers may still be polling)
+parent_pool = c.pool()
+pid = os.fork()
+if pid == 0:  # the child: exit code 0 only if everything matched
+    code = 1
+    try:
+        names, views, _ = c.unpack_views(blob, *T.LIMITS, 4)
+        ok = [bytes(v) for v in views] == [d for _, d in entries] and c.pool() != parent_pool
+        jobs = T._jobs(5)
+        ok = ok and T._write_jobs(c, {tmp!r}, jobs, 3, False) == [1] * 5
+        code = 0 if ok else 1
+    finally:
+        os._exit(code)
+deadline = time.monotonic() + 30
+while True:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        break
+    if time.monotonic() > deadline:
+        os.kill(pid, 9)
+        sys.exit("the forked child did not finish in 30 s")
+    time.sleep(0.01)
+assert os.waitstatus_to_exitcode(status) == 0, status
+assert c.pool() == parent_pool
+assert [bytes(v) for v in c.unpack_views(blob, *T.LIMITS, 4)[1]] == [d for _, d in entries]
+print("ok")
+"""
+
+
+@pytest.mark.timeout(90)
 def test_a_forked_child_gets_a_pool_of_its_own(tmp_path):
     """The parent's workers do not exist in a forked child: the child's first
-    parallel call starts its own, and the parent's keeps working."""
-    c = _c()
-    entries, blob = _mixed_container(17)
-    c.unpack_views(blob, *LIMITS, 4)  # the parent's pool is up
-    parent_pool = c.pool()
-    pid = os.fork()
-    if pid == 0:  # the child: exit code 0 only if everything matched
-        code = 1
-        try:
-            names, views, _ = c.unpack_views(blob, *LIMITS, 4)
-            ok = [bytes(v) for v in views] == [d for _, d in entries] and c.pool() != parent_pool
-            jobs = _jobs(5)
-            ok = ok and _write_jobs(c, tmp_path, jobs, 3, False) == [1] * 5
-            code = 0 if ok else 1
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    assert c.pool() == parent_pool
-    assert [bytes(v) for v in c.unpack_views(blob, *LIMITS, 4)[1]] == [d for _, d in entries]
+    parallel call starts its own, and the parent's keeps working. In a fresh
+    interpreter whose only other threads are the pool's: a fork from the test
+    process would copy whatever its other threads hold (a sanitizer's
+    allocator lock, say) into the child."""
+    _c()
+    tests = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.run([sys.executable, "-c", FORKED_CHILD.format(tests=tests, tmp=str(tmp_path))],
+                          capture_output=True, text=True, timeout=80)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stdout + proc.stderr
 
 
 def test_a_pool_needs_one_to_64_threads():
