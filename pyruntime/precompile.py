@@ -347,10 +347,17 @@ class ProgressBar:
         bar = "#" * filled + "-" * (self.width - filled)
         c = self.counts
         text = (f"[{bar}] {done}/{self.total}  {now - self.start_t:.1f}s  compiled {c['compiled']}  "
-                f"cached {c['cached']}  failed {c['failed']}")
+                f"cached {self._cached_shown()}  failed {c['failed']}") + self._extra(done, now)
         if self.tty and self._last_label and done < self.total:
             text += f"  {self._last_label}"
         return text
+
+    def _cached_shown(self) -> int:
+        return self.counts["cached"]
+
+    def _extra(self, done: int, now: float) -> str:
+        """What a subclass shows after the counts (before the last kernel's label)."""
+        return ""
 
     def _columns(self) -> int:
         try:

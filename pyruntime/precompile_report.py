@@ -292,21 +292,15 @@ class ScaleProgress(ProgressBar):
         span = now - min(self._built[0], max(self.start_t, now - RATE_WINDOW_S))
         return len(self._built) / span if span > 0 else None
 
-    def _line(self, done: int, now: float) -> str:
-        total = max(self.total, 1)
-        filled = int(self.width * done / total)
-        bar = "#" * filled + "-" * (self.width - filled)
-        c = self.counts
-        text = (f"[{bar}] {done}/{self.total}  {now - self.start_t:.1f}s  compiled {c['compiled']}  "
-                f"cached {c['cached'] - self.resumed}  failed {c['failed']}")
-        if self.resumed:
-            text += f"  resumed {self.resumed}"
+    def _cached_shown(self) -> int:
+        return self.counts["cached"] - self.resumed
+
+    def _extra(self, done: int, now: float) -> str:
+        text = f"  resumed {self.resumed}" if self.resumed else ""
         if done < self.total:
             rate = self.rate(now)
             if rate:
                 text += f"  {rate:.2f}/s  ETA {_duration((self.total - done) / rate)}"
-            if self.tty and self._last_label:
-                text += f"  {self._last_label}"
         return text
 
 
