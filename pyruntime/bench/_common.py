@@ -23,6 +23,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -305,6 +306,20 @@ def run_child(target: str, kwargs: dict[str, Any], *, timeout: float,
             raise ChildError(f"{target} exited with status {proc.returncode}: " + " | ".join(tail))
         with open(outp) as f:
             return json.load(f)
+
+
+def run_compile_child(target: str, kwargs: dict[str, Any], *, scratch: str, timeout: float) -> Any:
+    """:func:`run_child` of a compile measurement: ``kwargs`` plus a fresh,
+    empty Triton cache under ``scratch`` (``cache_dir``, removed afterwards),
+    with ``others_cores`` (:class:`CpuMeter`) added to the result."""
+    cache = tempfile.mkdtemp(prefix="cache-", dir=scratch)
+    meter = CpuMeter()
+    try:
+        res = run_child(target, {**kwargs, "cache_dir": cache}, timeout=timeout)
+        res["others_cores"] = meter.stop().get("others_cores")
+        return res
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
 
 
 # ------------------------------------------------------------- other load

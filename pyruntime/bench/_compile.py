@@ -118,18 +118,12 @@ def run(settings: C.Settings) -> dict[str, Any]:
                 if impl in errors:
                     continue
                 prog.step("compile", f"{n} kernels, {impl} W={w}, round {r + 1}/{settings.compile_rounds}")
-                cache = tempfile.mkdtemp(prefix="cache-", dir=scratch)
-                meter = C.CpuMeter()
                 try:
-                    res = C.run_child("pyruntime.bench._compile:measure",
-                                      {"impl": impl, "workers": w, "n": n, "cache_dir": cache},
-                                      timeout=settings.child_timeout)
-                    res["others_cores"] = meter.stop().get("others_cores")
-                    runs.setdefault((impl, w), []).append(res)
+                    runs.setdefault((impl, w), []).append(C.run_compile_child(
+                        "pyruntime.bench._compile:measure", {"impl": impl, "workers": w, "n": n},
+                        scratch=scratch, timeout=settings.child_timeout))
                 except C.ChildError as e:
                     errors[impl] = f"error: {e}"
-                finally:
-                    shutil.rmtree(cache, ignore_errors=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     if "serial" in errors and all(i in errors for i in IMPLS):

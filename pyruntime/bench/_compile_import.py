@@ -131,18 +131,13 @@ def rows(settings: C.Settings, ws: list[int]) -> tuple[list[dict[str, Any]], dic
                 if impl in errors:
                     continue
                 prog.step("compile", f"import-once: {n} kernels, {impl} W={w}, round {r + 1}/{rounds}")
-                cache = tempfile.mkdtemp(prefix="cache-", dir=scratch)
-                meter = C.CpuMeter()
                 try:
-                    res = C.run_child("pyruntime.bench._compile_import:measure",
-                                      {"impl": impl, "workers": w, "n": n, "cache_dir": cache,
-                                       "import_cpu_s": IMPORT_CPU_S}, timeout=settings.child_timeout)
-                    res["others_cores"] = meter.stop().get("others_cores")
-                    runs.setdefault((impl, w), []).append(res)
+                    runs.setdefault((impl, w), []).append(C.run_compile_child(
+                        "pyruntime.bench._compile_import:measure",
+                        {"impl": impl, "workers": w, "n": n, "import_cpu_s": IMPORT_CPU_S},
+                        scratch=scratch, timeout=settings.child_timeout))
                 except C.ChildError as e:
                     errors[impl] = f"error: {e}"
-                finally:
-                    shutil.rmtree(cache, ignore_errors=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
